@@ -1,0 +1,336 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "io/output_dir.h"
+
+namespace moefy {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+int64_t TensorView::numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+}
+
+static std::string shape_to_str(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+std::string TensorView::shape_str() const { return shape_to_str(shape); }
+
+size_t TensorSpec::nbytes() const {
+    size_t n = dtype_size(dtype);
+    for (int64_t d : shape) n *= size_t(d);
+    return n;
+}
+
+// ---------------------------------------------------------------- reading
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
+    const uint8_t* p = map_.data();
+    const size_t size = map_.size();
+    if (size < 8) fail("{}: not a safetensors file (only {} bytes, no header length)", path, size);
+    uint64_t hlen = 0;
+    std::memcpy(&hlen, p, 8);  // little-endian hosts only (x86-64, aarch64)
+    if (hlen > size - 8) fail("{}: header length {} runs past the end of the file ({} bytes): truncated or not safetensors", path, hlen, size);
+    json header;
+    try {
+        header = json::parse(p + 8, p + 8 + hlen);
+    } catch (const json::exception& e) {
+        fail("{}: header is not well-formed JSON: {}", path, e.what());
+    }
+    if (!header.is_object()) fail("{}: header is not a JSON object", path);
+    const uint8_t* data = p + 8 + hlen;
+    const size_t data_size = size - 8 - hlen;
+
+    for (auto it = header.begin(); it != header.end(); ++it) {
+        const std::string& name = it.key();
+        if (name == "__metadata__") {
+            if (!it->is_object()) fail("{}: __metadata__ is not an object", path);
+            for (auto m = it->begin(); m != it->end(); ++m)
+                if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
+            continue;
+        }
+        const json& t = *it;
+        const std::string where = fmt::format("{}: tensor '{}'", path, name);
+        if (!t.is_object()) fail("{}: entry is not an object", where);
+        if (!t.contains("dtype") || !t["dtype"].is_string()) fail("{}: missing dtype", where);
+        if (!t.contains("shape") || !t["shape"].is_array()) fail("{}: missing shape", where);
+        if (!t.contains("data_offsets") || !t["data_offsets"].is_array() || t["data_offsets"].size() != 2)
+            fail("{}: data_offsets must be [begin, end]", where);
+        TensorView v;
+        v.name = name;
+        v.dtype = parse_dtype(t["dtype"].get<std::string>(), where);
+        for (const json& d : t["shape"]) {
+            if (!d.is_number_integer() || d.get<int64_t>() < 0) fail("{}: shape has a non-integer or negative dimension", where);
+            v.shape.push_back(d.get<int64_t>());
+        }
+        const json& off = t["data_offsets"];
+        if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) fail("{}: data_offsets are not non-negative integers", where);
+        uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+        if (b > e) fail("{}: data_offsets [{}, {}] are reversed", where, b, e);
+        if (e > data_size)
+            fail("{}: data_offsets [{}, {}] run past the data section ({} bytes): file truncated?", where, b, e, data_size);
+        size_t expect = dtype_size(v.dtype);
+        for (int64_t d : v.shape) expect *= size_t(d);
+        if (e - b != expect)
+            fail("{}: {} bytes in data_offsets but shape {} x {} needs {}", where, e - b, v.shape_str(), dtype_name(v.dtype), expect);
+        v.data = data + b;
+        v.nbytes = size_t(e - b);
+        v.file = &map_;
+        tensors_.push_back(std::move(v));
+    }
+    std::sort(tensors_.begin(), tensors_.end(), [](const TensorView& a, const TensorView& b) { return a.data < b.data; });
+    for (size_t i = 1; i < tensors_.size(); ++i) {
+        const TensorView& a = tensors_[i - 1];
+        const TensorView& b = tensors_[i];
+        if (a.data + a.nbytes > b.data) fail("{}: tensors '{}' and '{}' overlap in the data section", path, a.name, b.name);
+    }
+}
+
+std::unique_ptr<TensorStore> TensorStore::open_file(const std::string& path) {
+    auto s = std::make_unique<TensorStore>();
+    s->location_ = path;
+    s->files_.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const TensorView& t : s->files_.back()->tensors()) s->by_name_[t.name] = &t;
+    return s;
+}
+
+std::unique_ptr<TensorStore> TensorStore::open_dir(const std::string& dir) {
+    const fs::path d(dir);
+    if (!fs::is_directory(d)) fail("{}: not a directory", dir);
+    const fs::path index = d / "model.safetensors.index.json";
+    auto s = std::make_unique<TensorStore>();
+    s->location_ = dir;
+    if (fs::exists(index)) {
+        json j;
+        try {
+            j = json::parse(read_text_file(index.string()));
+        } catch (const json::exception& e) {
+            fail("{}: not well-formed JSON: {}", index.string(), e.what());
+        }
+        if (!j.contains("weight_map") || !j["weight_map"].is_object()) fail("{}: no weight_map object", index.string());
+        std::vector<std::string> shards;
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+            if (!it->is_string()) fail("{}: weight_map entry '{}' is not a file name", index.string(), it.key());
+            std::string f = it->get<std::string>();
+            if (f.find('/') != std::string::npos) fail("{}: shard name '{}' must be a plain file name", index.string(), f);
+            if (std::find(shards.begin(), shards.end(), f) == shards.end()) shards.push_back(f);
+        }
+        std::sort(shards.begin(), shards.end());
+        for (const std::string& f : shards) {
+            const fs::path p = d / f;
+            if (!fs::exists(p)) fail("{}: shard '{}' named in model.safetensors.index.json is missing", dir, f);
+            s->files_.push_back(std::make_unique<SafetensorsFile>(p.string()));
+            for (const TensorView& t : s->files_.back()->tensors()) {
+                if (s->by_name_.count(t.name)) fail("{}: tensor '{}' appears in more than one shard", dir, t.name);
+                s->by_name_[t.name] = &t;
+            }
+        }
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+            auto found = s->by_name_.find(it.key());
+            if (found == s->by_name_.end())
+                fail("{}: tensor '{}' is listed in the index but not present in shard '{}'", dir, it.key(), it->get<std::string>());
+            if (fs::path(found->second->file->path()).filename() != it->get<std::string>())
+                fail("{}: tensor '{}' is in '{}', but the index says '{}'", dir, it.key(),
+                     fs::path(found->second->file->path()).filename().string(), it->get<std::string>());
+        }
+        return s;
+    }
+    const fs::path single = d / "model.safetensors";
+    if (fs::exists(single)) {
+        s->files_.push_back(std::make_unique<SafetensorsFile>(single.string()));
+        for (const TensorView& t : s->files_.back()->tensors()) s->by_name_[t.name] = &t;
+        return s;
+    }
+    fail("{}: no model.safetensors or model.safetensors.index.json (moefy reads safetensors checkpoints)", dir);
+}
+
+const TensorView* TensorStore::find(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second;
+}
+
+const TensorView& TensorStore::get(const std::string& name) const {
+    const TensorView* t = find(name);
+    if (!t) fail("{}: tensor '{}' not found", location_, name);
+    return *t;
+}
+
+const TensorView& TensorStore::get(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorView& t = get(name);
+    if (t.shape != shape) fail("{}: tensor '{}' has shape {}, expected {}", location_, name, t.shape_str(), shape_to_str(shape));
+    return t;
+}
+
+std::vector<std::string> TensorStore::names() const {
+    std::vector<std::string> out;
+    for (const auto& f : files_)
+        for (const TensorView& t : f->tensors()) out.push_back(t.name);
+    return out;
+}
+
+size_t TensorStore::total_bytes() const {
+    size_t n = 0;
+    for (const auto& f : files_)
+        for (const TensorView& t : f->tensors()) n += t.nbytes;
+    return n;
+}
+
+void TensorStore::read_rows_f32(const TensorView& t, int64_t row0, int64_t n, float* dst) const {
+    if (row0 < 0 || n < 0 || row0 + n > t.rows()) fail("{}: rows [{}, {}) out of range for tensor '{}' {}", location_, row0, row0 + n, t.name, t.shape_str());
+    const size_t es = dtype_size(t.dtype);
+    to_f32(t.dtype, t.data + size_t(row0 * t.cols()) * es, dst, size_t(n * t.cols()));
+}
+
+std::vector<float> TensorStore::read_f32(const std::string& name) const {
+    const TensorView& t = get(name);
+    std::vector<float> out(size_t(t.numel()));
+    to_f32(t.dtype, t.data, out.data(), out.size());
+    return out;
+}
+
+void TensorStore::release(const TensorView& t) const {
+    if (t.file) t.file->release(t.data, t.nbytes);
+}
+
+// ---------------------------------------------------------------- writing
+
+namespace {
+
+class FileSink : public ByteSink {
+public:
+    FileSink(const std::string& path) : path_(path) {
+        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd_ < 0) fail("{}: cannot create: {}", path, std::strerror(errno));
+        buf_.reserve(kBuf);
+    }
+    ~FileSink() override {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    void write(const void* data, size_t n) override {
+        written_ += n;
+        const uint8_t* p = static_cast<const uint8_t*>(data);
+        if (buf_.size() + n <= kBuf) {
+            buf_.insert(buf_.end(), p, p + n);
+            return;
+        }
+        flush();
+        if (n >= kBuf) {
+            raw_write(p, n);
+        } else {
+            buf_.insert(buf_.end(), p, p + n);
+        }
+    }
+    void flush() {
+        if (!buf_.empty()) raw_write(buf_.data(), buf_.size());
+        buf_.clear();
+    }
+    void close() {
+        flush();
+        if (::close(fd_) != 0) fail("{}: close failed: {}", path_, std::strerror(errno));
+        fd_ = -1;
+    }
+    size_t written() const { return written_; }
+
+private:
+    void raw_write(const uint8_t* p, size_t n) {
+        while (n > 0) {
+            ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t(1) << 30));
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                fail("{}: write failed: {}", path_, std::strerror(errno));
+            }
+            p += w;
+            n -= size_t(w);
+        }
+    }
+    static constexpr size_t kBuf = size_t(4) << 20;
+    std::string path_;
+    int fd_ = -1;
+    std::vector<uint8_t> buf_;
+    size_t written_ = 0;
+};
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<TensorSpec>& specs, const TensorProducer& produce,
+                       const std::map<std::string, std::string>& metadata) {
+    // nlohmann::json sorts keys; safetensors readers do not care about header
+    // order, and offsets follow the order of `specs`.
+    json header = json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    size_t off = 0;
+    for (const TensorSpec& s : specs) {
+        if (header.contains(s.name)) fail("{}: tensor '{}' declared twice", path, s.name);
+        header[s.name] = {{"dtype", dtype_name(s.dtype)}, {"shape", s.shape}, {"data_offsets", {off, off + s.nbytes()}}};
+        off += s.nbytes();
+    }
+    std::string h = header.dump();
+    while ((h.size() + 8) % 8 != 0) h.push_back(' ');  // align the data section to 8 bytes
+    FileSink sink(path);
+    uint64_t hlen = h.size();
+    sink.write(&hlen, 8);
+    sink.write(h.data(), h.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+        size_t before = sink.written();
+        produce(i, sink);
+        size_t got = sink.written() - before;
+        if (got != specs[i].nbytes())
+            fail("{}: tensor '{}' produced {} bytes, expected {}", path, specs[i].name, got, specs[i].nbytes());
+    }
+    sink.close();
+}
+
+std::vector<std::string> write_checkpoint_tensors(const std::string& dir, const std::vector<TensorSpec>& specs,
+                                                  const TensorProducer& produce, size_t max_shard_bytes) {
+    size_t total = 0;
+    for (const TensorSpec& s : specs) total += s.nbytes();
+    if (total <= max_shard_bytes) {
+        write_safetensors(dir + "/model.safetensors", specs, produce);
+        return {"model.safetensors"};
+    }
+    // Greedy packing in order; a tensor larger than the limit gets a shard of its own.
+    std::vector<std::pair<size_t, size_t>> ranges;  // [begin, end) into specs
+    size_t begin = 0, bytes = 0;
+    for (size_t i = 0; i < specs.size(); ++i) {
+        if (i > begin && bytes + specs[i].nbytes() > max_shard_bytes) {
+            ranges.push_back({begin, i});
+            begin = i;
+            bytes = 0;
+        }
+        bytes += specs[i].nbytes();
+    }
+    ranges.push_back({begin, specs.size()});
+    std::vector<std::string> files;
+    json weight_map = json::object();
+    for (size_t r = 0; r < ranges.size(); ++r) {
+        std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", r + 1, ranges.size());
+        std::vector<TensorSpec> sub(specs.begin() + long(ranges[r].first), specs.begin() + long(ranges[r].second));
+        size_t base = ranges[r].first;
+        write_safetensors(dir + "/" + name, sub, [&](size_t i, ByteSink& s) { produce(base + i, s); });
+        for (const TensorSpec& s : sub) weight_map[s.name] = name;
+        files.push_back(name);
+    }
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_file_atomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+    files.push_back("model.safetensors.index.json");
+    return files;
+}
+
+}  // namespace moefy

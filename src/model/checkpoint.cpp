@@ -1,0 +1,118 @@
+#include "model/checkpoint.h"
+
+#include <filesystem>
+#include <map>
+
+#include "common/error.h"
+#include "model/tensor_names.h"
+
+namespace moefy {
+
+namespace {
+
+// Every tensor the architecture needs, with its shape, so that a checkpoint
+// that opens is one the engine and the converter can use.
+void check_tensors(const ModelConfig& c, const TensorStore& t) {
+    const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim;
+    const int64_t Q = int64_t(c.num_heads) * D, KV = int64_t(c.num_kv_heads) * D;
+    t.get(names::embed(), {V, H});
+    t.get(names::final_norm(), {H});
+    if (!c.tie_word_embeddings || t.find(names::lm_head())) t.get(names::lm_head(), {V, H});
+    const MoEConfig& m = c.moe;
+    for (int l = 0; l < c.num_layers; ++l) {
+        t.get(names::attn(l, "q"), {Q, H});
+        t.get(names::attn(l, "k"), {KV, H});
+        t.get(names::attn(l, "v"), {KV, H});
+        t.get(names::attn(l, "o"), {H, Q});
+        t.get(names::input_norm(l), {H});
+        t.get(names::post_norm(l), {H});
+        const int64_t E = m.num_experts;
+        switch (c.kind) {
+            case ModelKind::Dense: {
+                const int64_t I = c.intermediate_size;
+                t.get(names::dense_ffn(l, "gate"), {I, H});
+                t.get(names::dense_ffn(l, "up"), {I, H});
+                t.get(names::dense_ffn(l, "down"), {H, I});
+                break;
+            }
+            case ModelKind::LlamaMoE:
+            case ModelKind::LlamaMoEResidual: {
+                const char* pre = c.kind == ModelKind::LlamaMoE ? "mlp" : "mlp.moe_layer";
+                for (int e = 0; e < E; ++e) {
+                    const int64_t w = m.expert_widths[size_t(l)][size_t(e)];
+                    t.get(names::llama_moe_expert(l, "gate", e, pre), {w, H});
+                    t.get(names::llama_moe_expert(l, "up", e, pre), {w, H});
+                    t.get(names::llama_moe_expert(l, "down", e, pre), {H, w});
+                }
+                if (m.gate_network == "mlp") {
+                    t.get(names::llama_moe_gate_mlp(l, 0, pre), {E, H});
+                    t.get(names::llama_moe_gate_mlp(l, 2, pre), {E, E});
+                } else {
+                    t.get(names::llama_moe_gate_linear(l, pre), {E, H});
+                }
+                for (int r = 0; r < m.num_shared; ++r) {
+                    const int64_t w = m.shared_widths[size_t(l)][size_t(r)];
+                    t.get(names::llama_moe_residual_expert(l, "gate", r), {w, H});
+                    t.get(names::llama_moe_residual_expert(l, "up", r), {w, H});
+                    t.get(names::llama_moe_residual_expert(l, "down", r), {H, w});
+                }
+                if (m.num_shared > 0) t.get(names::llama_moe_residual_gate(l), {m.num_shared, H});
+                break;
+            }
+            case ModelKind::Mixtral: {
+                t.get(names::mixtral_router(l), {E, H});
+                for (int e = 0; e < E; ++e) {
+                    const int64_t w = m.expert_widths[size_t(l)][size_t(e)];
+                    t.get(names::mixtral_expert(l, e, "w1"), {w, H});
+                    t.get(names::mixtral_expert(l, e, "w3"), {w, H});
+                    t.get(names::mixtral_expert(l, e, "w2"), {H, w});
+                }
+                break;
+            }
+            case ModelKind::Deepseek: {
+                t.get(names::deepseek_router(l), {E, H});
+                for (int e = 0; e < E; ++e) {
+                    const int64_t w = m.expert_widths[size_t(l)][size_t(e)];
+                    t.get(names::deepseek_expert(l, e, "gate"), {w, H});
+                    t.get(names::deepseek_expert(l, e, "up"), {w, H});
+                    t.get(names::deepseek_expert(l, e, "down"), {H, w});
+                }
+                if (m.num_shared > 0) {
+                    const int64_t w = m.shared_widths[size_t(l)][0];
+                    t.get(names::deepseek_shared(l, "gate"), {w, H});
+                    t.get(names::deepseek_shared(l, "up"), {w, H});
+                    t.get(names::deepseek_shared(l, "down"), {H, w});
+                }
+                break;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const std::string& dir) {
+    namespace fs = std::filesystem;
+    if (!fs::is_directory(dir)) fail("{}: model directory does not exist", dir);
+    const std::string cfg_path = (fs::path(dir) / "config.json").string();
+    if (!fs::exists(cfg_path)) fail("{}: no config.json (expected a Hugging Face model directory)", dir);
+    Checkpoint ck;
+    ck.dir = dir;
+    ck.config = ModelConfig::load(cfg_path);
+    ck.tensors = TensorStore::open_dir(dir);
+    check_tensors(ck.config, *ck.tensors);
+    return ck;
+}
+
+DType Checkpoint::main_dtype() const {
+    std::map<DType, size_t> bytes;
+    for (const auto& f : tensors->files())
+        for (const TensorView& t : f->tensors()) bytes[t.dtype] += t.nbytes;
+    DType best = DType::F32;
+    size_t most = 0;
+    for (auto [d, n] : bytes)
+        if (n > most) most = n, best = d;
+    return best;
+}
+
+}  // namespace moefy

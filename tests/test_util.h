@@ -1,0 +1,52 @@
+#pragma once
+// Helpers shared by tests: temporary directories, file reading, fixture paths,
+// running the CLI.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/moefy-test-XXXXXX";
+        path = mkdtemp(tmpl);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+inline std::string read_file(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+inline std::string shared_path(const std::string& rel) { return std::string(MOEFY_SHARED_DIR) + "/" + rel; }
+inline bool shared_exists(const std::string& rel) { return std::filesystem::exists(shared_path(rel)); }
+
+// The demo model bundled with the repository.
+inline std::string demo_model_dir() { return std::string(MOEFY_SOURCE_DIR) + "/models/tinyllama-demo"; }
+
+struct CliResult {
+    int status;
+    std::string out;  // stdout and stderr together
+};
+
+// Runs the moefy CLI with `args` (already shell-quoted where needed).
+inline CliResult run_cli(const std::string& args) {
+    std::string cmd = std::string(MOEFY_CLI_PATH) + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int st = pclose(p);
+    return {WEXITSTATUS(st), out};
+}
