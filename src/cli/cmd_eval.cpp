@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "cli/cli_common.h"
+#include "common/error.h"
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"

@@ -1,0 +1,302 @@
+#include "split/coactivation.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace moefy {
+
+CoactMetric parse_coact_metric(std::string_view name) {
+    if (name == "l1" || name == "l1_norm") return CoactMetric::l1;
+    if (name == "l2" || name == "l2_norm") return CoactMetric::l2;
+    if (name == "plain") return CoactMetric::plain;
+    fail("co-activation metric '{}': unknown (expected l1, l2 or plain)", name);
+}
+
+const char* coact_metric_name(CoactMetric m) {
+    switch (m) {
+        case CoactMetric::l1: return "l1";
+        case CoactMetric::l2: return "l2";
+        case CoactMetric::plain: return "plain";
+    }
+    return "?";
+}
+
+// BLAS path: rows of adj per pass, so one chunk's panel rᵀr [P, I] (the
+// scratch) stays within a few MiB.
+static int panel_rows(int n) {
+    int p = std::max(16, ((1 << 20) / std::max(n, 1)) / 16 * 16);
+    return std::min(p, n);
+}
+
+CoactivationAccumulator::CoactivationAccumulator(int intermediate_size, CoactMetric metric, int chunk_tokens,
+                                                 float threshold)
+    : n_(intermediate_size), metric_(metric), chunk_(chunk_tokens), threshold_(threshold) {
+    if (n_ < 1) fail("co-activation: intermediate size {} must be positive", n_);
+    if (metric != CoactMetric::l1 && metric != CoactMetric::l2 && metric != CoactMetric::plain)
+        fail("co-activation: unknown metric value {}", int(metric));
+    if (chunk_ < 1) fail("co-activation: chunk size {} tokens must be positive", chunk_);
+    if (!(threshold_ > 0) || !std::isfinite(threshold_))
+        fail("co-activation: clamp threshold {} must be positive and finite", threshold_);
+    // Small chunks are grouped (≥ 256 tokens) so the accumulator is streamed once per group, not per chunk.
+    group_tokens_ = chunk_ * std::max(1, 256 / chunk_);
+    const size_t n = size_t(n_);
+    if (double(group_tokens_) * double(n) * sizeof(float) > double(size_t(4) << 30))
+        fail("co-activation: a chunk of {} tokens x {} neurons would buffer over 4 GiB; use smaller chunks", chunk_, n_);
+    buf_.resize(size_t(group_tokens_) * n);
+    acc_.assign(n * n, 0.0f);
+}
+
+void CoactivationAccumulator::add(const float* acts, int T) {
+    if (T < 0) fail("co-activation add: negative token count {}", T);
+    if (T == 0) return;
+    if (!acts) fail("co-activation add: null activations for {} tokens", T);
+    const size_t n = size_t(n_);
+    const size_t total = size_t(T) * n;
+    long bad = -1;
+#pragma omp parallel for reduction(max : bad) schedule(static) if (total >= (size_t(1) << 16))
+    for (long k = 0; k < long(total); ++k)
+        if (!std::isfinite(acts[k])) bad = std::max(bad, k);
+    if (bad >= 0)
+        fail("co-activation add: non-finite activation at token {}, neuron {}", size_t(bad) / n, size_t(bad) % n);
+
+    for (int t = 0; t < T; ++t) {
+        const float* x = acts + size_t(t) * n;  // h_t: [I]
+        float* r = buf_.data() + size_t(buffered_) * n;
+        switch (metric_) {
+            case CoactMetric::l1: for (size_t i = 0; i < n; ++i) r[i] = std::fabs(x[i]); break;
+            case CoactMetric::l2: for (size_t i = 0; i < n; ++i) r[i] = x[i] * x[i]; break;
+            case CoactMetric::plain: std::copy(x, x + n, r); break;
+        }
+        ++tokens_;
+        if (++buffered_ == group_tokens_) flush();
+    }
+}
+
+void CoactivationAccumulator::finish() {
+    if (buffered_ > 0) flush();
+}
+
+void CoactivationAccumulator::flush() {
+    if (chunk_ <= kFusedMaxChunk)
+        flush_fused();
+    else
+        flush_blas();
+    chunks_ += (buffered_ + chunk_ - 1) / chunk_;
+    buffered_ = 0;
+}
+
+// Large chunks: BLAS is efficient at rank k >= 64. For each panel of rows
+// [i0, i0+P) and each buffered chunk c:
+//   S = r_cᵀ r_c on rows [i0, i0+P), columns [i0, I)   (ssyrk on the diagonal
+//   block, sgemm right of it), then adj[i][j] += min(S[i][j], thr) for j >= i.
+// The clamp is O(I²) against BLAS's O(k·I²), so it stays serial and BLAS keeps
+// both cores (no OpenMP region competes with BLAS's own threads).
+void CoactivationAccumulator::flush_blas() {
+    const int n = n_;
+    const int T = buffered_;
+    const int nchunks = (T + chunk_ - 1) / chunk_;
+    const int P = panel_rows(n);
+    const float thr = threshold_;
+    if (scratch_.empty()) scratch_.resize(size_t(P) * size_t(n));
+    for (int i0 = 0; i0 < n; i0 += P) {
+        const int rows = std::min(P, n - i0);
+        const int cols = n - i0;     // columns i0..n-1
+        float* S = scratch_.data();  // [rows, cols], ld = cols
+        for (int c = 0; c < nchunks; ++c) {
+            const int t0 = c * chunk_;
+            const int k = std::min(chunk_, T - t0);
+            const float* r = buf_.data() + size_t(t0) * size_t(n);  // r_c: [k, I], ld = I
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, rows, k, 1.0f, r + i0, n, 0.0f, S, cols);
+            if (cols > rows)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols - rows, k, 1.0f, r + i0, n,
+                            r + i0 + rows, n, 0.0f, S + rows, cols);
+            for (int a = 0; a < rows; ++a) {
+                const float* s = S + size_t(a) * size_t(cols);
+                float* acc = acc_.data() + size_t(i0 + a) * size_t(n) + size_t(i0);
+                for (int b = a; b < cols; ++b) acc[b] += std::min(s[b], thr);
+            }
+        }
+    }
+}
+
+// 8 floats; GCC/Clang lower it to one AVX register (two SSE ones without AVX).
+typedef float v8 __attribute__((vector_size(32)));
+static inline v8 load8(const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+static inline v8 min8(v8 a, v8 b) { return a < b ? a : b; }
+
+// One row segment: acc[j] += min(Σ_t coef[t]·rows[t][j], thr) for j in [j0, j1).
+// 32 columns at a time keep the four sums in registers across the t loop.
+static void clamp_add_segment(float* acc, const float* const* rows, const float* coef, int m, int j0, int j1, float thr) {
+    const v8 vt = v8{} + thr;
+    int j = j0;
+    for (; j + 32 <= j1; j += 32) {
+        v8 s0{}, s1{}, s2{}, s3{};
+        for (int t = 0; t < m; ++t) {
+            const float a = coef[t];
+            const float* x = rows[t] + j;
+            s0 += a * load8(x);
+            s1 += a * load8(x + 8);
+            s2 += a * load8(x + 16);
+            s3 += a * load8(x + 24);
+        }
+        float* y = acc + j;
+        store8(y, load8(y) + min8(s0, vt));
+        store8(y + 8, load8(y + 8) + min8(s1, vt));
+        store8(y + 16, load8(y + 16) + min8(s2, vt));
+        store8(y + 24, load8(y + 24) + min8(s3, vt));
+    }
+    for (; j < j1; ++j) {
+        float s = 0.0f;
+        for (int t = 0; t < m; ++t) s += coef[t] * rows[t][j];
+        acc[j] += std::min(s, thr);
+    }
+}
+
+// Four rows at once (the r loads are shared): acc[q][j] += min(Σ_t coef[t][q]·rows[t][j], thr)
+// for q < 4 and j in [j0, j1). coef: [m, 4]. All j must lie on or above row 3's diagonal.
+static void clamp_add_4rows(float* const* acc, const float* const* rows, const float* coef, int m, int j0, int j1,
+                            float thr) {
+    const v8 vt = v8{} + thr;
+    int j = j0;
+    for (; j + 16 <= j1; j += 16) {
+        v8 s[4][2] = {};
+        for (int t = 0; t < m; ++t) {
+            const v8 x0 = load8(rows[t] + j), x1 = load8(rows[t] + j + 8);
+            const float* c = coef + 4 * t;
+            for (int q = 0; q < 4; ++q) {
+                s[q][0] += c[q] * x0;
+                s[q][1] += c[q] * x1;
+            }
+        }
+        for (int q = 0; q < 4; ++q) {
+            float* y = acc[q] + j;
+            store8(y, load8(y) + min8(s[q][0], vt));
+            store8(y + 8, load8(y + 8) + min8(s[q][1], vt));
+        }
+    }
+    for (; j < j1; ++j)
+        for (int q = 0; q < 4; ++q) {
+            float v = 0.0f;
+            for (int t = 0; t < m; ++t) v += coef[4 * t + q] * rows[t][j];
+            acc[q][j] += std::min(v, thr);
+        }
+}
+
+// Small chunks (MoEfication's 8 tokens): a rank-8 BLAS update is mostly
+// packing overhead, so the product, clamp and accumulation are fused. The
+// upper triangle is cut into tiles [64 rows x 256 columns]; one OpenMP region
+// per group of chunks hands tiles to threads (each adj entry has one owner).
+// Within a tile, the group's r columns (256 tokens x 256 floats) stay in L2
+// and each acc row segment stays in L1 across the group's chunks. Tokens whose
+// activation of row neuron i is exactly 0 are skipped (sparse ReLU models).
+void CoactivationAccumulator::flush_fused() {
+    constexpr int BI = 64, BJ = 256;
+    const int n = n_;
+    const size_t N = size_t(n);
+    const int T = buffered_;
+    const int nchunks = (T + chunk_ - 1) / chunk_;
+    const float thr = threshold_;
+    const int nbi = (n + BI - 1) / BI, nbj = (n + BJ - 1) / BJ;
+    std::vector<std::pair<int, int>> tiles;  // (i0, j0) with some j >= i inside
+    for (int bi = 0; bi < nbi; ++bi)
+        for (int bj = 0; bj < nbj; ++bj)
+            if ((bj + 1) * BJ > bi * BI) tiles.push_back({bi * BI, bj * BJ});
+    const float* r = buf_.data();  // [T, I]
+    float* adj = acc_.data();
+#pragma omp parallel if (size_t(T) * N * N >= (size_t(1) << 22))
+    {
+        std::vector<float> coef(4 * static_cast<size_t>(chunk_));
+        std::vector<const float*> rows(static_cast<size_t>(chunk_));
+#pragma omp for schedule(dynamic)
+        for (size_t k = 0; k < tiles.size(); ++k) {
+            const int i0 = tiles[k].first, i1 = std::min(n, i0 + BI);
+            const int j0 = tiles[k].second, j1 = std::min(n, j0 + BJ);
+            int i = i0;
+            // Rows four at a time; the few columns left of row i+3's diagonal go one row at a time.
+            for (; i + 4 <= i1 && std::max(i, j0) < j1; i += 4) {
+                const int js = std::max(i, j0), jd = std::min(j1, std::max(js, i + 3));
+                float* acc[4] = {adj + size_t(i) * N, adj + size_t(i + 1) * N, adj + size_t(i + 2) * N,
+                                 adj + size_t(i + 3) * N};
+                for (int c = 0; c < nchunks; ++c) {
+                    const int t0 = c * chunk_, t1 = std::min(T, t0 + chunk_);
+                    int m = 0;
+                    for (int t = t0; t < t1; ++t) {
+                        const float* x = r + size_t(t) * N;
+                        if (x[i] == 0.0f && x[i + 1] == 0.0f && x[i + 2] == 0.0f && x[i + 3] == 0.0f) continue;
+                        std::copy(x + i, x + i + 4, coef.data() + 4 * m);
+                        rows[size_t(m++)] = x;
+                    }
+                    if (m == 0) continue;
+                    for (int q = 0; q < 4; ++q)
+                        for (int j = std::max(js, i + q); j < jd; ++j) {
+                            float v = 0.0f;
+                            for (int t = 0; t < m; ++t) v += coef[size_t(4 * t + q)] * rows[size_t(t)][j];
+                            acc[q][j] += std::min(v, thr);
+                        }
+                    clamp_add_4rows(acc, rows.data(), coef.data(), m, jd, j1, thr);
+                }
+            }
+            for (; i < i1 && std::max(i, j0) < j1; ++i) {
+                const int js = std::max(i, j0);
+                float* acc = adj + size_t(i) * N;
+                for (int c = 0; c < nchunks; ++c) {
+                    const int t0 = c * chunk_, t1 = std::min(T, t0 + chunk_);
+                    int m = 0;
+                    for (int t = t0; t < t1; ++t) {
+                        const float* x = r + size_t(t) * N;
+                        if (x[i] != 0.0f) coef[size_t(m)] = x[i], rows[size_t(m)] = x, ++m;
+                    }
+                    if (m > 0) clamp_add_segment(acc, rows.data(), coef.data(), m, js, j1, thr);
+                }
+            }
+        }
+    }
+}
+
+std::vector<float> CoactivationAccumulator::symmetric() const { return mirror_upper(acc_.data(), n_); }
+
+double CoactivationAccumulator::saturated_fraction() const {
+    if (n_ < 2 || chunks_ == 0) return 0.0;
+    const float full = float(double(chunks_) * threshold_ * (1.0 - 1e-5));
+    const size_t N = size_t(n_);
+    long count = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : count) if (n_ >= 256)
+    for (int i = 0; i < n_; ++i) {
+        const float* row = acc_.data() + size_t(i) * N;
+        for (size_t j = size_t(i) + 1; j < N; ++j) count += row[j] >= full;
+    }
+    return double(count) / (double(N) * double(N - 1) / 2.0);
+}
+
+std::vector<float> mirror_upper(const float* upper, int n) {
+    const size_t N = size_t(n);
+    std::vector<float> full(N * N);
+    constexpr int B = 64;
+    const int nb = (n + B - 1) / B;
+#pragma omp parallel for schedule(dynamic) if (nb > 4)
+    for (int bi = 0; bi < nb; ++bi) {
+        const int i0 = bi * B, i1 = std::min(n, i0 + B);
+        for (int bj = bi; bj < nb; ++bj) {
+            const int j0 = bj * B, j1 = std::min(n, j0 + B);
+            for (int i = i0; i < i1; ++i)
+                for (int j = std::max(i, j0); j < j1; ++j) {
+                    const float v = upper[size_t(i) * N + size_t(j)];
+                    full[size_t(i) * N + size_t(j)] = v;
+                    full[size_t(j) * N + size_t(i)] = v;
+                }
+        }
+    }
+    return full;
+}
+
+}  // namespace moefy
