@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs moefy's main job on the bundled
-# demo model: inspect, split at random, convert to both layouts, inspect the results.
+# demo model: inspect, then split at random into 8 experts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,7 +11,4 @@ mkdir -p "$OUT"
 set -x
 build/moefy inspect $M
 build/moefy split random --model $M --experts 8 --seed 0 --out "$OUT/plan-random.json"
-build/moefy convert --model $M --plan "$OUT/plan-random.json" --format llama-moe --top-k 2 --out "$OUT/demo-llama-moe" --force
-build/moefy convert --model $M --plan "$OUT/plan-random.json" --format mixtral --top-k 2 --out "$OUT/demo-mixtral" --force
-build/moefy inspect "$OUT/demo-llama-moe"
-build/moefy inspect "$OUT/demo-mixtral"
+# convert (llama-moe, mixtral) joins here once the converter lands; see the note in README.md.
