@@ -1,0 +1,251 @@
+// bench_convert: `moefy convert` against `cp -r` of the same model directory, in
+// the same run, on a synthetic BF16 checkpoint with LLaMA-7B layer shapes.
+//
+//   bench_convert [--layers 6] [--experts 8] [--reps 3] [--dir DIR] [--cli PATH] [--keep]
+//
+// Both read a warm page cache and write through the page cache (neither syncs),
+// so the ratio is what the converter adds over a plain copy: the row/column
+// gathers, the router, and the bookkeeping. Peak RSS is the converter's own
+// (wait4 rusage of the child). Targets: time <= 1.3 x cp, peak RSS < 1 GB.
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/tensor_names.h"
+#include "split/random_split.h"
+
+namespace fs = std::filesystem;
+using namespace moefy;
+
+namespace {
+
+struct Args {
+    int layers = 6, experts = 8, reps = 3;
+    std::string dir, cli;
+    bool keep = false;
+};
+
+struct Run {
+    double seconds = 0;
+    double cpu = 0;  // user + sys of the child
+    long max_rss_kb = 0;
+    int status = 0;
+};
+
+std::string exe_dir() { return fs::canonical("/proc/self/exe").parent_path().string(); }
+
+// Runs argv, returns wall time and the child's peak RSS.
+Run run(const std::vector<std::string>& argv, bool quiet) {
+    std::vector<char*> a;
+    for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    const auto t0 = std::chrono::steady_clock::now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (quiet) {
+            int fd = open("/dev/null", O_WRONLY);
+            dup2(fd, 1);
+        }
+        execv(a[0], a.data());
+        _exit(127);
+    }
+    int st = 0;
+    rusage ru{};
+    wait4(pid, &st, 0, &ru);
+    Run r;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.cpu = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    r.max_rss_kb = ru.ru_maxrss;
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return r;
+}
+
+// Random finite BF16 values of magnitude ~1e-3..1e-1, generated fast (bits, not floats).
+void fill_bf16(uint16_t* p, size_t n, Rng& rng) {
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        uint64_t r = rng.next();
+        for (int k = 0; k < 4; ++k, r >>= 16) {
+            const uint16_t m = uint16_t(r & 0x807f);          // sign + 7 mantissa bits
+            const uint16_t e = uint16_t(117 + ((r >> 7) & 7));  // exponent 2^-10 .. 2^-3
+            p[i + size_t(k)] = uint16_t(m | (e << 7));
+        }
+    }
+    for (size_t i = n & ~size_t(3); i < n; ++i) p[i] = 0x3c00;
+}
+
+void write_model(const std::string& dir, const Args& a) {
+    const int64_t H = 4096, I = 11008, V = 2048, heads = 32;
+    nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", H},
+                          {"intermediate_size", I}, {"num_hidden_layers", a.layers}, {"num_attention_heads", heads},
+                          {"num_key_value_heads", heads}, {"vocab_size", V}, {"max_position_embeddings", 4096},
+                          {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"hidden_act", "silu"},
+                          {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}};
+    fs::create_directories(dir);
+    std::ofstream(dir + "/config.json") << cfg.dump(2);
+    std::vector<TensorSpec> specs = {{names::embed(), DType::BF16, {V, H}}};
+    for (int l = 0; l < a.layers; ++l) {
+        for (const char* p : {"q", "k", "v", "o"}) specs.push_back({names::attn(l, p), DType::BF16, {H, H}});
+        specs.push_back({names::dense_ffn(l, "gate"), DType::BF16, {I, H}});
+        specs.push_back({names::dense_ffn(l, "up"), DType::BF16, {I, H}});
+        specs.push_back({names::dense_ffn(l, "down"), DType::BF16, {H, I}});
+        specs.push_back({names::input_norm(l), DType::BF16, {H}});
+        specs.push_back({names::post_norm(l), DType::BF16, {H}});
+    }
+    specs.push_back({names::final_norm(), DType::BF16, {H}});
+    specs.push_back({names::lm_head(), DType::BF16, {V, H}});
+    std::vector<uint16_t> buf(size_t(1) << 22);
+    write_safetensors(dir + "/model.safetensors", specs, [&](size_t i, ByteSink& sink) {
+        Rng rng(42, i);
+        size_t left = specs[i].nbytes() / 2;
+        while (left) {
+            const size_t n = std::min(left, buf.size());
+            fill_bf16(buf.data(), n, rng);
+            sink.write(buf.data(), n * 2);
+            left -= n;
+        }
+    });
+}
+
+size_t dir_bytes(const std::string& d) {
+    size_t n = 0;
+    for (auto& e : fs::recursive_directory_iterator(d))
+        if (e.is_regular_file()) n += e.file_size();
+    return n;
+}
+
+void warm(const std::string& d) {
+    std::vector<char> b(size_t(16) << 20);
+    for (auto& e : fs::recursive_directory_iterator(d)) {
+        if (!e.is_regular_file()) continue;
+        int fd = open(e.path().c_str(), O_RDONLY);
+        while (read(fd, b.data(), b.size()) > 0) {
+        }
+        close(fd);
+    }
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Args a;
+    a.dir = exe_dir();
+    a.cli = exe_dir() + "/moefy";
+    for (int i = 1; i < argc; ++i) {
+        std::string s = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "%s needs a value\n", s.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (s == "--layers") a.layers = std::stoi(next());
+        else if (s == "--experts") a.experts = std::stoi(next());
+        else if (s == "--reps") a.reps = std::stoi(next());
+        else if (s == "--dir") a.dir = next();
+        else if (s == "--cli") a.cli = next();
+        else if (s == "--keep") a.keep = true;
+        else {
+            std::fprintf(stderr, "usage: bench_convert [--layers 6] [--experts 8] [--reps 3] [--dir DIR] [--cli PATH] [--keep]\n");
+            return 2;
+        }
+    }
+    if (!fs::exists(a.cli)) {
+        std::fprintf(stderr, "bench_convert: CLI not found at %s (build the 'moefy' target, or pass --cli)\n", a.cli.c_str());
+        return 1;
+    }
+    std::string tmpl = a.dir + "/bench-convert-XXXXXX";
+    if (!mkdtemp(tmpl.data())) {
+        std::perror("mkdtemp");
+        return 1;
+    }
+    const std::string root = tmpl, src = root + "/dense", plan = root + "/plan.json";
+    int rc = 0;
+    try {
+        std::printf("bench_convert: writing a synthetic BF16 LLaMA-7B-shaped model, %d layers, in %s\n", a.layers, root.c_str());
+        write_model(src, a);
+        {
+            Checkpoint ck = Checkpoint::open(src);
+            random_split(ck, a.experts, 0).save(plan);
+        }
+        const size_t bytes = dir_bytes(src);
+        std::printf("model: %.2f GB; plan: random, %d experts per layer\n", double(bytes) / 1e9, a.experts);
+        sync();
+        warm(src);
+
+        struct Variant {
+            const char* name;
+            std::vector<std::string> extra;
+        };
+        const std::vector<Variant> variants = {{"llama-moe", {"--format", "llama-moe"}},
+                                               {"mixtral (scale folded)", {"--format", "mixtral", "--top-k", "2"}}};
+        std::vector<double> cp_t, cp_c;
+        std::vector<std::vector<double>> cv_t(variants.size()), cv_c(variants.size());
+        std::vector<long> rss(variants.size(), 0);
+        for (int r = 0; r < a.reps; ++r) {
+            const std::string cp_out = root + "/cp";
+            sync();
+            Run c = run({"/bin/cp", "-r", src, cp_out}, false);
+            if (c.status != 0) throw Error("cp failed");
+            std::printf("  rep %d: cp -r %.2f s (CPU %.2f)", r + 1, c.seconds, c.cpu);
+            cp_t.push_back(c.seconds);
+            cp_c.push_back(c.cpu);
+            fs::remove_all(cp_out);
+            for (size_t v = 0; v < variants.size(); ++v) {
+                const std::string out = root + "/moe";
+                std::vector<std::string> cmd = {a.cli, "convert", "--model", src, "--plan", plan, "--out", out};
+                cmd.insert(cmd.end(), variants[v].extra.begin(), variants[v].extra.end());
+                sync();
+                Run m = run(cmd, true);
+                if (m.status != 0) throw Error(fmt::format("moefy convert failed (exit {})", m.status));
+                std::printf(", %s %.2f s (CPU %.2f)", variants[v].name, m.seconds, m.cpu);
+                cv_t[v].push_back(m.seconds);
+                cv_c[v].push_back(m.cpu);
+                rss[v] = std::max(rss[v], m.max_rss_kb);
+                fs::remove_all(out);
+            }
+            std::printf("\n");
+            std::fflush(stdout);
+        }
+        const double cp = median(cp_t), cpc = median(cp_c);
+        std::printf("\n%-32s %8s %7s %7s %8s %7s %10s\n", "", "wall s", "GB/s", "x cp", "CPU s", "x cp", "peak RSS");
+        std::printf("%-32s %8.3f %7.2f %7.2f %8.3f %7.2f %10s\n", "cp -r", cp, double(bytes) / 1e9 / cp, 1.0, cpc, 1.0, "-");
+        for (size_t v = 0; v < variants.size(); ++v) {
+            const double t = median(cv_t[v]), c = median(cv_c[v]);
+            std::printf("%-32s %8.3f %7.2f %7.2f %8.3f %7.2f %7.0f MB\n", (std::string("convert ") + variants[v].name).c_str(), t,
+                        double(bytes) / 1e9 / t, t / cp, c, c / cpc, double(rss[v]) / 1024.0);
+        }
+        double load[3] = {0, 0, 0};
+        getloadavg(load, 3);
+        std::printf("\n%d reps, medians; CPU = user + sys of the child; load average %.1f on %ld cores\n", a.reps, load[0],
+                    sysconf(_SC_NPROCESSORS_ONLN));
+        std::printf("targets: wall <= 1.30 x cp, peak RSS < 1024 MB\n");
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_convert: %s\n", e.what());
+        rc = 1;
+    }
+    if (!a.keep) fs::remove_all(root);
+    return rc;
+}
