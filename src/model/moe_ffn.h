@@ -1,0 +1,39 @@
+#pragma once
+// The MoE feed-forward block: router, top-k selection and weighting for every
+// layout moefy writes, and the dispatch of tokens to experts.
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/llama.h"
+
+namespace moefy {
+
+// Indices of the k largest of v[0..n), largest first; equal values go to the
+// lower index (a stable order, so results never depend on the sort).
+void topk_desc(const float* v, int n, int k, int32_t* idx);
+
+// Router logits [T, E] -> selected experts sel [T, k] and combine weights w [T, k]
+// for layer `layer`, following MoEConfig:
+//   softmax_over_all: p = softmax(all E logits), w = p[sel], renormalised to
+//                     sum 1 when renormalize_topk (mixtral; deepseek without);
+//   else (llama-moe): w = softmax over the k selected logits if gate_softmax, else the raw logits;
+//   then w *= score_scale[layer] if multiply_gate_scores, else w = 1.
+void route_tokens(const MoEConfig& m, int layer, const float* logits, int T, int32_t* sel, float* w);
+
+// Router logits [T, E] of x [T, H] (linear, or llama-moe's W2·tanh(W1·x)).
+void router_logits(const MoEWeights& mw, const float* x, int T, float* logits, std::vector<float>& scratch);
+
+struct MoEScratch;
+
+// x_resid[T, H] += MoE_FFN(xf[T, H]) for layer `layer`; hooks as documented in llama.h.
+void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const float* xf, int T, float* x_resid,
+             const RunHooks& hooks, MoEScratch& s);
+
+struct MoEScratch {
+    std::vector<float> logits, router_tmp, w, xg, g, u, h, y, mass, sw;
+    std::vector<int32_t> sel, rows;
+    std::vector<float> roww;
+};
+
+}  // namespace moefy

@@ -1,0 +1,109 @@
+#include "model/parallel.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <immintrin.h>
+
+namespace moefy {
+
+namespace {
+
+// About 20-50 µs of pause instructions before a waiting thread sleeps: long
+// enough to catch the next job of a forward pass, short next to a time slice.
+constexpr int kSpin = 2000;
+
+thread_local bool t_in_pool = false;
+
+template <typename T>
+void wait_while_equal(const std::atomic<T>& a, T v) {
+    for (int i = 0; i < kSpin; ++i) {
+        if (a.load(std::memory_order_acquire) != v) return;
+        _mm_pause();
+    }
+    while (a.load(std::memory_order_acquire) == v) a.wait(v, std::memory_order_acquire);
+}
+
+int threads_from_env() {
+    if (const char* s = std::getenv("OMP_NUM_THREADS")) {
+        const int n = std::atoi(s);
+        if (n > 0) return n;
+    }
+    const unsigned hc = std::thread::hardware_concurrency();
+    return hc > 0 ? int(hc) : 1;
+}
+
+class Pool {
+public:
+    explicit Pool(int n) : n_(n) {
+        for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { work(i); });
+    }
+    ~Pool() {
+        stop_ = true;
+        gen_.fetch_add(1, std::memory_order_acq_rel);
+        gen_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+    int size() const { return n_; }
+
+    void run(const std::function<void(int, int)>& fn) {
+        std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+        if (!lock.owns_lock() || n_ == 1) {
+            fn(0, 1);
+            return;
+        }
+        job_ = &fn;
+        pending_.store(n_ - 1, std::memory_order_release);
+        gen_.fetch_add(1, std::memory_order_acq_rel);
+        gen_.notify_all();
+        t_in_pool = true;
+        fn(0, n_);
+        t_in_pool = false;
+        for (int left = pending_.load(std::memory_order_acquire); left != 0; left = pending_.load(std::memory_order_acquire))
+            wait_while_equal(pending_, left);
+        job_ = nullptr;
+    }
+
+private:
+    void work(int idx) {
+        t_in_pool = true;
+        uint32_t seen = 0;
+        for (;;) {
+            wait_while_equal(gen_, seen);
+            seen = gen_.load(std::memory_order_acquire);
+            if (stop_) return;
+            (*job_)(idx, n_);
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+        }
+    }
+
+    const int n_;
+    std::vector<std::thread> workers_;
+    std::mutex busy_;
+    std::atomic<uint32_t> gen_{0};
+    std::atomic<int> pending_{0};
+    const std::function<void(int, int)>* job_ = nullptr;
+    std::atomic<bool> stop_{false};
+};
+
+Pool& pool() {
+    static Pool p(threads_from_env());
+    return p;
+}
+
+}  // namespace
+
+int parallel_threads() { return pool().size(); }
+
+void parallel_run(const std::function<void(int, int)>& fn, bool parallel) {
+    if (!parallel || t_in_pool) {
+        fn(0, 1);
+        return;
+    }
+    pool().run(fn);
+}
+
+}  // namespace moefy
