@@ -1,0 +1,47 @@
+#pragma once
+// Co-activation graph split, end to end: run the dense model over calibration
+// text, accumulate each layer's co-activation matrix (split/coactivation.h),
+// partition it with METIS and rebalance (split/graph_partition.h).
+//
+// Activation per --proj, as the reference's dumps: "up" -> h = silu(gate)·up
+// (the down_proj input), "gate" -> silu(gate).
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "data/documents.h"
+#include "split/expert_plan.h"
+
+namespace moefy {
+
+struct Checkpoint;
+
+struct GraphSplitOptions {
+    int experts = 8;
+    std::string proj = "up";       // "up" | "gate"
+    std::string metric = "l1";     // "l1" | "l2" | "plain"
+    uint64_t seed = 0;
+    int chunk_tokens = 8;          // clamp per this many tokens (MoEfication: 8)
+    float threshold = 1.0f;        // clamp value
+    // Layers whose [I, I] matrices are accumulated in one pass over the data:
+    // as many as fit in this budget, at least one (a 7B layer alone is 485 MB).
+    size_t matrix_budget_bytes = size_t(256) << 20;
+};
+
+struct GraphSplitTimings {
+    double forward_s = 0, accumulate_s = 0, partition_s = 0;
+    size_t tokens = 0;
+    int passes = 0;
+};
+
+// progress(stage text, done, total)
+using GraphProgress = std::function<void(const std::string&, double, double)>;
+
+// Minimum tokens of text the split accepts: fewer give no usable statistics.
+constexpr size_t kGraphMinTokens = 256;
+
+ExpertPlan graph_split(const Checkpoint& model, const std::vector<TokenWindow>& windows, const GraphSplitOptions& opts,
+                       const GraphProgress& progress = {}, GraphSplitTimings* timings = nullptr);
+
+}  // namespace moefy
