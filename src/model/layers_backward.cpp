@@ -1,0 +1,49 @@
+// Backward of RMSNorm, RoPE and the SwiGLU activation (model/backward.h).
+#include <cmath>
+
+#include "model/backward.h"
+
+namespace moefy::layers {
+
+void rmsnorm_backward(const float* x, const float* w, int T, int H, double eps, const float* dy, float* dx,
+                      bool accumulate) {
+#pragma omp parallel for schedule(static) if (size_t(T) * size_t(H) > 4096)
+    for (int t = 0; t < T; ++t) {
+        const float* xt = x + size_t(t) * H;
+        const float* dyt = dy + size_t(t) * H;
+        double ss = 0.0, dot = 0.0;  // Σ x², Σ x ⊙ w ⊙ dy
+        for (int i = 0; i < H; ++i) {
+            ss += double(xt[i]) * double(xt[i]);
+            dot += double(xt[i]) * double(w[i]) * double(dyt[i]);
+        }
+        const double r = 1.0 / std::sqrt(ss / H + eps);
+        const float a = float(r), b = float(r * r * r * dot / H);
+        float* dxt = dx + size_t(t) * H;
+        if (accumulate)
+            for (int i = 0; i < H; ++i) dxt[i] += a * w[i] * dyt[i] - b * xt[i];
+        else
+            for (int i = 0; i < H; ++i) dxt[i] = a * w[i] * dyt[i] - b * xt[i];
+    }
+}
+
+void rope_backward(float* dx, int T, int ld, int heads, int d, int pos0, const std::vector<float>& inv_freq) {
+    // angle(-f) = -angle(f) exactly in f32, so this is the forward's rotation inverted.
+    std::vector<float> neg(inv_freq.size());
+    for (size_t i = 0; i < neg.size(); ++i) neg[i] = -inv_freq[i];
+    rope(dx, T, ld, heads, d, pos0, neg);
+}
+
+void swiglu_backward(const float* g, const float* u, const float* dh, size_t n, float* dg, float* du, float* h) {
+#pragma omp parallel for schedule(static) if (n > 4096)
+    for (size_t i = 0; i < n; ++i) {
+        const float e = 1.0f + std::exp(-g[i]);
+        const float sg = 1.0f / e;
+        const float silu = g[i] / e;  // as the forward, so h is bitwise the forward's
+        const float d = dh[i];
+        dg[i] = d * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+        if (h) h[i] = silu * u[i];
+        du[i] = d * silu;
+    }
+}
+
+}  // namespace moefy::layers
