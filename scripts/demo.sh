@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs moefy's main job on the bundled
-# demo model: inspect, then split at random into 8 experts.
+# demo model: inspect, split into 8 experts (random and clustering), convert to
+# the llama-moe and mixtral layouts, inspect the result, and evaluate dense vs MoE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,4 +12,11 @@ mkdir -p "$OUT"
 set -x
 build/moefy inspect $M
 build/moefy split random --model $M --experts 8 --seed 0 --out "$OUT/plan-random.json"
-# convert (llama-moe, mixtral) joins here once the converter lands; see the note in README.md.
+build/moefy split cluster --model $M --experts 8 --seed 0 --restarts 3 --out "$OUT/plan-cluster.json"
+build/moefy convert --model $M --plan "$OUT/plan-random.json" --format llama-moe --top-k 2 --force --out "$OUT/moe-llama-moe"
+build/moefy convert --model $M --plan "$OUT/plan-cluster.json" --format mixtral --top-k 2 --force --out "$OUT/moe-mixtral"
+build/moefy inspect "$OUT/moe-llama-moe"
+build/moefy inspect "$OUT/moe-mixtral"
+build/moefy eval --model $M --data data/eval.jsonl --max-tokens 20000
+build/moefy eval --model "$OUT/moe-mixtral" --data data/eval.jsonl --max-tokens 20000
+build/moefy generate --model $M --prompt "Once upon a time" -n 48
