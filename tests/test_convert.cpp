@@ -367,6 +367,8 @@ TEST(ConvertLlamaMoE, TensorListAndConfigMatchTheReferenceLayout) {
     expect["drop_tokens"] = true;
     expect["dropped_padding"] = "zero";
     expect["capacity_factor"] = 1.25;
+    // moefy's own provenance; HF config loaders keep unknown keys as attributes.
+    expect["moefy"] = {{"split_method", "test"}, {"router", {{"kind", "random"}, {"init", "N(0, 0.02)"}, {"seed", 11}}}};
     EXPECT_EQ(c, expect) << "diff: " << json::diff(expect, c).dump();
 
     // The side files come along byte for byte.
@@ -523,7 +525,7 @@ TEST(ConvertLlamaMoE, SharedExpertsGiveTheResidualLayout) {
     EXPECT_EQ(c["num_experts_residual"], 2);
     EXPECT_EQ(c["size_experts"], json({{4, 4, 4, 4}, {4, 4, 4, 4}}));
     EXPECT_EQ(c["size_experts_residual"], json({{4, 4}, {4, 4}}));
-    EXPECT_EQ(c["score_scale_factor_residual"], 1.0);
+    EXPECT_EQ(c["score_scale_factor_residual"], 2.0);  // R: the shared experts sum, not average
     EXPECT_EQ(c["gate_use_softmax_residual"], true);
     EXPECT_EQ(c["multiply_gate_scores_residual"], true);
     EXPECT_EQ(c["use_weighting"], false);

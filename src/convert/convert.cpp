@@ -346,7 +346,12 @@ ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan
     };
     rep.files = write_checkpoint_tensors(dir.path(), specs, produce, opt.max_shard_bytes);
 
-    write_file_atomic(dir.file("config.json"), layout.config(c).dump(2) + "\n");
+    json config = layout.config(c);
+    json meta = opt.provenance.is_object() ? opt.provenance : json::object();
+    meta["split_method"] = plan.method;
+    if (opt.routers.empty()) meta["router"] = {{"kind", "random"}, {"init", "N(0, 0.02)"}, {"seed", opt.seed}};
+    config["moefy"] = meta;
+    write_file_atomic(dir.file("config.json"), config.dump(2) + "\n");
     rep.files.push_back("config.json");
     for (const char* f : kSideFiles) {
         const fs::path from = fs::path(dense.dir) / f;

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/dtype.h"
 #include "route/random_router.h"
 
@@ -59,6 +61,9 @@ struct ConvertOptions {
     // Precomputed routers [layer] in f32 (e.g. training-free routers); empty: random
     // N(0, 0.02) from `seed`. Each must match the gate kind (w2 present iff mlp).
     std::vector<RouterWeights> routers;
+    // How the routers were made (kind, weighting, calibration file and tokens, ...):
+    // written to config.json under "moefy", next to the split method and seed.
+    nlohmann::json provenance = nlohmann::json::object();
 };
 
 struct ConvertReport {

@@ -103,7 +103,10 @@ json config(const Context& c) {
     j["size_experts_residual"] = shared;
     j["gate_use_softmax_residual"] = true;
     j["multiply_gate_scores_residual"] = true;
-    j["score_scale_factor_residual"] = 1.0;
+    // The zero residual gate weighs each of the R shared experts 1/R; a factor R
+    // makes their sum exactly the dense neurons' contribution (the reference
+    // writes 1.0, which averages them when R > 1).
+    j["score_scale_factor_residual"] = double(c.R);
     j["use_weighting"] = false;
     return j;
 }
