@@ -256,7 +256,7 @@ struct OracleSpy : RouteOverride {
 
 }  // namespace
 
-TEST(CompareReference, OracleChoosesLargestMassExpertsAndBeatsRandomRouter) {
+TEST(CompareReference, OracleChoosesLargestMassExperts) {
     Pair p(4, 2, /*uniform=*/true);
     auto dense = Model::load(Checkpoint::open(p.dense_dir));
     Checkpoint mc = Checkpoint::open(p.moe_dir);
@@ -266,10 +266,10 @@ TEST(CompareReference, OracleChoosesLargestMassExpertsAndBeatsRandomRouter) {
     MoEQuality q = evaluate_moe_quality(*moe, *dense, windows, &spy);
     EXPECT_EQ(spy.tokens, 3 * 20 * 2);  // every token of every window, in both layers
     EXPECT_EQ(spy.bad, 0);
-    MoEQuality own = evaluate_moe_quality(*moe, *dense, windows);
-    // Picking the two largest of four outputs leaves less out than a random router
-    // in the first layer, where both runs see the same input.
-    EXPECT_LT(q.layers[0].rel_error(), own.layers[0].rel_error());
+    // No claim that the oracle's FFN error is lower here: in this 16-wide random model
+    // expert outputs cancel, so the largest-mass experts need not leave the least out
+    // (RouterDemo checks on the demo model that a fitted router captures more of
+    // the true mass, and leaves less error, than a random one).
     // The load sums to k per token.
     for (const LayerQuality& l : q.layers) {
         double s = 0;

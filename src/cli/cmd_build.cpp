@@ -1,0 +1,94 @@
+// moefy build --model M --method random|cluster|graph|gradient --experts 8 --top-k 2 [--data calib.jsonl]
+//             [--eval-data eval.jsonl] --format llama-moe|mixtral|deepseek --out DIR
+//             [--router fit|centroid|random] [--weighting uniform|softmax] [--scale fit|auto|X] [--gate mlp|linear]
+//             [--oracle] [--report report.html] [--json] [--plan plan.json] [--save-plan plan.json] [--force]
+#include <algorithm>
+
+#include "cli/cli_common.h"
+#include "common/error.h"
+#include "pipeline/build.h"
+
+namespace moefy::cli {
+
+namespace {
+
+// Two aligned lines: headings, values.
+void print_summary(const std::vector<std::pair<std::string, std::string>>& cols) {
+    std::string head, row;
+    for (const auto& [k, v] : cols) {
+        const size_t w = std::max(k.size(), v.size());
+        head += fmt::format("{:<{}}  ", k, w);
+        row += fmt::format("{:<{}}  ", v, w);
+    }
+    fmt::print("{}\n{}\n", head, row);
+}
+
+}  // namespace
+
+MOEFY_COMMAND(50, [](CLI::App& app) {
+    auto* cmd = app.add_subcommand("build", "Split, build routers, convert and evaluate in one go");
+    struct Opts {
+        BuildOptions b;
+        std::string report;
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    BuildOptions& b = o->b;
+    cmd->add_option("--model", b.model_dir, "Dense model directory")->required();
+    cmd->add_option("--out", b.out_dir, "Output MoE model directory")->required();
+    cmd->add_option("--method", b.method, "Split: random | cluster | graph | gradient")->capture_default_str();
+    cmd->add_option("--experts", b.experts, "Routed experts per layer")->capture_default_str();
+    cmd->add_option("--top-k", b.top_k, "Experts selected per token")->capture_default_str();
+    cmd->add_option("--format", b.format, "Output layout: llama-moe | mixtral | deepseek")->capture_default_str();
+    cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");
+    cmd->add_option("--eval-data", b.eval_data, "Held-out text: evaluate dense vs MoE at the end");
+    cmd->add_option("--text-field", b.text_field, "JSONL field holding the text (default: text, else content)");
+    cmd->add_option("--calib-tokens", b.calib_tokens, "Calibration tokens at most")->capture_default_str();
+    cmd->add_option("--eval-tokens", b.eval_tokens, "Evaluation tokens at most (0: all)")->capture_default_str();
+    cmd->add_option("--ctx", b.ctx, "Tokens per window")->capture_default_str();
+    cmd->add_option("--router", b.router, "Router: fit (fitted on calibration text) | centroid | random (the reference)")
+        ->capture_default_str();
+    cmd->add_option("--weighting", b.weighting, "Expert weights: uniform (1 x scale) | softmax (over the top-k x scale)")
+        ->capture_default_str();
+    cmd->add_option("--scale", b.scale, "Routed output scale: fit (per layer, on calibration text) | auto | a number")
+        ->capture_default_str();
+    cmd->add_option("--gate", b.gate, "Router network: mlp (llama-moe only) | linear [default: the layout's]");
+    cmd->add_option("--dtype", b.dtype, "Output dtype: same | bf16 | f16 | f32")->capture_default_str();
+    cmd->add_option("--seed", b.seed, "Seed of every random choice")->capture_default_str();
+    cmd->add_option("--plan", b.plan_path, "Use this expert plan instead of splitting");
+    cmd->add_option("--save-plan", b.save_plan, "Also write the expert plan here");
+    cmd->add_flag("--oracle", b.oracle, "Also evaluate oracle routing (needs --eval-data)");
+    cmd->add_option("--report", o->report, "Write a self-contained HTML report here");
+    cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
+    cmd->add_flag("--force", b.force, "Replace an existing output directory");
+    cmd->callback([o] {
+        if (!o->report.empty() && o->b.eval_data.empty())
+            fail("--report needs --eval-data (the report plots the evaluation)");
+        std::unique_ptr<ProgressBar> bar;
+        std::string current;
+        BuildResult r = run_build(o->b, [&](const std::string& stage, double d, double n) {
+            if (stage != current) {
+                bar.reset();
+                bar = std::make_unique<ProgressBar>(stage);
+                current = stage;
+            }
+            bar->update(d, n);
+        });
+        bar.reset();
+        if (!o->report.empty()) write_build_report(r, o->report);
+        if (o->json) {
+            nlohmann::json j = build_json(r);
+            if (!o->report.empty()) j["report"] = o->report;
+            fmt::print("{}\n", j.dump(2));
+            return;
+        }
+        fmt::print("wrote {} ({} layout, {} gate)\n", r.options.out_dir, r.convert.layout, r.convert.gate);
+        if (r.eval)
+            fmt::print("eval on {} tokens of {}: FFN error {:.4f}, perplexity x{:.3f} of dense\n", r.eval->dense.tokens,
+                       r.options.eval_data, r.eval->moe.total_rel_error(), r.eval->ppl_ratio());
+        if (!o->report.empty()) fmt::print("report: {}\n", o->report);
+        print_summary(build_summary(r));
+    });
+});
+
+}  // namespace moefy::cli

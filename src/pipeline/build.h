@@ -1,0 +1,111 @@
+#pragma once
+// `moefy build`: the whole job in one call, each stage timed:
+//
+//   split      random | cluster | graph | gradient -> ExpertPlan (or a given plan)
+//   calibrate  routers and per-layer output scales (route/router_fit.h); runs the
+//              dense model over calibration text when the router options need it
+//   convert    the MoE checkpoint (convert/convert.h), written atomically
+//   eval       dense vs MoE (vs oracle) on held-out text (eval/compare.h)
+//
+// Calibration text is tokenized once and shared by the split (graph) and the
+// routers; evaluation text is never used for calibration.
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "convert/convert.h"
+#include "data/documents.h"
+#include "eval/compare.h"
+#include "route/router_fit.h"
+#include "split/expert_plan.h"
+
+namespace moefy {
+
+struct Checkpoint;
+
+struct BuildOptions {
+    std::string model_dir;
+    std::string out_dir;
+    bool force = false;
+
+    // split
+    std::string method = "graph";  // random | cluster | graph | gradient
+    std::string plan_path;         // use this plan instead of splitting (method is then taken from it)
+    std::string save_plan;         // also write the plan here
+    int experts = 8;
+    uint64_t seed = 0;
+
+    // MoE layout
+    std::string format = "llama-moe";  // llama-moe | mixtral | deepseek
+    int top_k = 2;
+    std::string gate;                  // mlp | linear; empty: the layout's default
+    std::string dtype = "same";
+
+    // routing (see route/router_fit.h)
+    std::string router = "fit";        // random | centroid | fit
+    std::string weighting = "uniform"; // softmax | uniform
+    std::string scale = "fit";         // fit | auto (the weighting's natural value) | a number
+
+    // text
+    std::string calib_data;   // calibration .jsonl/.txt: the graph split and fitted routers/scales need it
+    std::string eval_data;    // held-out text; empty: no eval stage
+    std::string text_field;
+    int ctx = 512;
+    size_t calib_tokens = 32768;  // tokens of calibration text at most
+    size_t eval_tokens = 20000;   // predicted tokens of evaluation text at most (0: all)
+    bool oracle = false;          // also evaluate oracle routing
+};
+
+struct StageTime {
+    std::string name;  // split, calibrate, convert, eval
+    double seconds = 0;
+};
+
+struct BuildResult {
+    BuildOptions options;
+    ExpertPlan plan;
+    ConvertReport convert;
+    std::vector<LayerRouterReport> routers;  // [layer] scale, temperature, calibration error and mass
+    size_t calib_tokens = 0;                 // calibration tokens the routers saw per layer
+    double active_ffn_fraction = 0;
+    std::optional<ReferenceComparison> eval;  // when eval_data was given
+    std::vector<StageTime> stages;
+    double total_seconds() const;
+};
+
+// FFN neurons a token uses over the dense width, averaged over layers:
+// (Σ shared widths + k · mean routed width) / I. 0.5 for 8 equal experts at top-4.
+double active_ffn_fraction(const ExpertPlan& plan, int top_k);
+
+// stage ("split", "calibrate", "fit", "convert", "eval: dense", ...), done, total.
+using BuildProgress = std::function<void(const std::string& stage, double done, double total)>;
+
+// Validates every option before the first expensive step, then runs the stages.
+// Throws moefy::Error; the output directory appears only when convert succeeded.
+BuildResult run_build(const BuildOptions& opt, const BuildProgress& progress = {});
+
+// Machine-readable summary (the `moefy build --json` object): options, table
+// values, stage times, per-layer router statistics and the eval comparison.
+nlohmann::json build_json(const BuildResult& r);
+
+// The summary table: (heading, value) columns, in order: method, experts,
+// top-k, active FFN, router, weighting, dense ppl, MoE ppl, oracle ppl (when
+// run), then seconds per stage and in total.
+std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult& r);
+
+// The self-contained HTML report of a build (eval/report.h): the summary table,
+// expert widths, per-layer FFN error, expert load and, for sharing splits, overlap.
+void write_build_report(const BuildResult& r, const std::string& path);
+
+// The split stage alone, as build runs it: a plan for `method` on `dense`
+// (calib: the tokenized calibration windows; only graph and gradient read them).
+ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& opt, const std::vector<TokenWindow>& calib,
+                           const BuildProgress& progress = {});
+
+}  // namespace moefy

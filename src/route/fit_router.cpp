@@ -1,0 +1,300 @@
+#include "route/fit_router.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/error.h"
+#include "model/moe_ffn.h"
+
+extern "C" void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,
+                       int* info);
+
+namespace moefy {
+
+namespace {
+
+// C[M, N] = A[M, K] · B[N, K]ᵀ
+void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+}
+// C[M, N] = A[K, M]ᵀ · B[K, N]
+void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
+}
+
+// Train/held-out token split and the column-normalised inputs x̃ = x / σ.
+struct FitData {
+    int H = 0, E = 0, k = 0;
+    int n_tr = 0, n_va = 0;
+    std::vector<float> sigma;        // [H] RMS of each input dimension (train tokens)
+    std::vector<float> x_tr, x_va;   // [n, H] normalised
+    std::vector<float> p_tr;         // [n_tr, E] target distributions
+    std::vector<float> m_tr, m_va;   // [n, E] masses
+};
+
+FitData make_fit_data(const LayerCalib& c, const std::vector<float>& mass, const FitOptions& opt) {
+    FitData d;
+    d.H = c.H, d.E = c.E, d.k = opt.top_k;
+    const int H = c.H, E = c.E, every = std::max(1, opt.val_every);
+    std::vector<int> tr, va;
+    for (int t = 0; t < c.N; ++t) (every > 1 && t % every == every - 1 ? va : tr).push_back(t);
+    if (tr.empty()) fail("router fit: no calibration tokens");
+    if (va.empty()) va = tr;
+    d.n_tr = int(tr.size()), d.n_va = int(va.size());
+    std::vector<double> ss(size_t(H), 0.0);
+    for (int t : tr)
+        for (int i = 0; i < H; ++i) ss[size_t(i)] += double(c.x[size_t(t) * H + i]) * c.x[size_t(t) * H + i];
+    d.sigma.resize(size_t(H));
+    for (int i = 0; i < H; ++i) d.sigma[size_t(i)] = float(std::sqrt(ss[size_t(i)] / tr.size()) + 1e-12);
+    auto gather = [&](const std::vector<int>& ids, std::vector<float>& out) {
+        out.resize(ids.size() * H);
+#pragma omp parallel for schedule(static)
+        for (size_t j = 0; j < ids.size(); ++j)
+            for (int i = 0; i < H; ++i) out[j * H + i] = c.x[size_t(ids[j]) * H + i] / d.sigma[size_t(i)];
+    };
+    gather(tr, d.x_tr);
+    gather(va, d.x_va);
+    d.p_tr.resize(tr.size() * E);
+    for (size_t j = 0; j < tr.size(); ++j) {
+        const float* m = mass.data() + size_t(tr[j]) * E;
+        float* p = d.p_tr.data() + j * E;
+        const double mx = std::max(1e-30, double(*std::max_element(m, m + E)));
+        double z = 0;
+        for (int e = 0; e < E; ++e) z += (p[e] = float(std::exp((m[e] - mx) / (opt.temperature * mx))));
+        for (int e = 0; e < E; ++e) p[e] = float(p[e] / z);
+    }
+    auto gather_mass = [&](const std::vector<int>& ids, std::vector<float>& out) {
+        out.resize(ids.size() * E);
+        for (size_t j = 0; j < ids.size(); ++j) std::copy_n(mass.data() + size_t(ids[j]) * E, E, out.data() + j * E);
+    };
+    gather_mass(tr, d.m_tr);
+    gather_mass(va, d.m_va);
+    return d;
+}
+
+// Row-wise log-softmax cross-entropy; grad = (softmax(z) − p) / n. Returns the mean loss.
+double softmax_xent(const float* z, const float* p, int n, int E, float* grad) {
+    double loss = 0;
+#pragma omp parallel for schedule(static) reduction(+ : loss)
+    for (int t = 0; t < n; ++t) {
+        const float* zt = z + size_t(t) * E;
+        const float* pt = p + size_t(t) * E;
+        float* gt = grad + size_t(t) * E;
+        const float mx = *std::max_element(zt, zt + E);
+        double s = 0;
+        for (int e = 0; e < E; ++e) s += std::exp(double(zt[e] - mx));
+        const double lse = mx + std::log(s);
+        for (int e = 0; e < E; ++e) {
+            loss -= pt[e] * (zt[e] - lse);
+            gt[e] = float((std::exp(zt[e] - lse) - pt[e]) / n);
+        }
+    }
+    return loss / n;
+}
+
+struct Adam {
+    std::vector<float> m, v;
+    int t = 0;
+    explicit Adam(size_t n) : m(n, 0.0f), v(n, 0.0f) {}
+    void step(float* w, const float* g, size_t n, double lr) {
+        const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+        ++t;
+        const double c1 = 1.0 - std::pow(b1, t), c2 = 1.0 - std::pow(b2, t);
+        for (size_t i = 0; i < n; ++i) {
+            m[i] = float(b1 * m[i] + (1 - b1) * g[i]);
+            v[i] = float(b2 * v[i] + (1 - b2) * double(g[i]) * g[i]);
+            w[i] -= float(lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps));
+        }
+    }
+};
+
+// Router in normalised input space: logits = W2 tanh(W1 x̃) (mlp) or W1 x̃.
+struct NormRouter {
+    std::vector<float> w1, w2;
+    bool mlp() const { return !w2.empty(); }
+};
+
+void norm_forward(const NormRouter& r, const float* x, int n, int H, int E, float* u, float* a, float* z) {
+    if (!r.mlp()) {
+        gemm_nt(x, r.w1.data(), z, n, E, H);
+        return;
+    }
+    gemm_nt(x, r.w1.data(), u, n, E, H);
+    for (size_t i = 0; i < size_t(n) * E; ++i) a[i] = std::tanh(u[i]);
+    gemm_nt(a, r.w2.data(), z, n, E, E);
+}
+
+double held_out_mass(const NormRouter& r, const FitData& d, std::vector<float>& u, std::vector<float>& a, std::vector<float>& z,
+                     double* recall) {
+    u.resize(size_t(d.n_va) * d.E), a.resize(u.size()), z.resize(u.size());
+    norm_forward(r, d.x_va.data(), d.n_va, d.H, d.E, u.data(), a.data(), z.data());
+    auto q = topk_quality(z.data(), d.m_va.data(), d.n_va, d.E, d.k, 1);
+    if (recall) *recall = q.second;
+    return q.first;
+}
+
+// Adam on the cross-entropy; keeps the iterate with the best held-out mass.
+void train(NormRouter& r, const FitData& d, const FitOptions& opt, FitReport& rep, bool first_stage) {
+    const int n = d.n_tr, H = d.H, E = d.E;
+    std::vector<float> u(size_t(n) * E), a(u.size()), z(u.size()), g(u.size()), da(u.size());
+    std::vector<float> g1(r.w1.size()), g2(r.w2.size());
+    std::vector<float> vu, va, vz;
+    Adam adam1(r.w1.size()), adam2(r.w2.size());
+    NormRouter best = r;
+    double best_recall = 0;
+    double best_mass = held_out_mass(r, d, vu, va, vz, &best_recall);
+    if (first_stage) rep.val_mass_init = best_mass, rep.val_recall_init = best_recall;
+    int best_iter = 0;
+    const double lr0 = opt.lr / std::sqrt(double(H));
+    for (int it = 1; it <= opt.iters; ++it) {
+        norm_forward(r, d.x_tr.data(), n, H, E, u.data(), a.data(), z.data());
+        const double loss = softmax_xent(z.data(), d.p_tr.data(), n, E, g.data());
+        if (it == 1 && first_stage) rep.loss_init = loss;
+        rep.loss = loss;
+        if (r.mlp()) {
+            gemm_tn(g.data(), a.data(), g2.data(), E, E, n);   // gW2 = Dᵀ A
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, E, 1.0f, g.data(), E, r.w2.data(), E, 0.0f, da.data(),
+                        E);                                     // dA = D W2
+            for (size_t i = 0; i < da.size(); ++i) da[i] *= 1.0f - a[i] * a[i];
+            gemm_tn(da.data(), d.x_tr.data(), g1.data(), E, H, n);  // gW1 = dUᵀ X
+        } else {
+            gemm_tn(g.data(), d.x_tr.data(), g1.data(), E, H, n);
+        }
+        // Cosine decay to a tenth of the step size.
+        const double lr = lr0 * (0.55 + 0.45 * std::cos(3.141592653589793 * it / opt.iters));
+        adam1.step(r.w1.data(), g1.data(), g1.size(), lr);
+        if (r.mlp()) adam2.step(r.w2.data(), g2.data(), g2.size(), lr);
+        if (it % 10 == 0 || it == opt.iters) {
+            double rec = 0;
+            const double m = held_out_mass(r, d, vu, va, vz, &rec);
+            if (m > best_mass) best_mass = m, best_recall = rec, best = r, best_iter = it;
+        }
+    }
+    r = std::move(best);
+    rep.val_mass = best_mass;
+    rep.val_recall = best_recall;
+    rep.best_iter = best_iter;
+}
+
+// Least squares in normalised space: V [E, H] from (X̃ᵀX̃ + λI) Vᵀ = X̃ᵀ M̂.
+std::vector<float> least_squares_norm(const float* x, const float* mass, int n, int H, int E, double ridge) {
+    std::vector<float> mh(size_t(n) * E);
+    for (int t = 0; t < n; ++t) {
+        const float* m = mass + size_t(t) * E;
+        double mean = 0;
+        for (int e = 0; e < E; ++e) mean += m[e];
+        mean = std::max(1e-30, mean / E);
+        for (int e = 0; e < E; ++e) mh[size_t(t) * E + e] = float(m[e] / mean);
+    }
+    std::vector<float> xtx(size_t(H) * H), xtm(size_t(H) * E);
+    gemm_tn(x, x, xtx.data(), H, H, n);
+    gemm_tn(x, mh.data(), xtm.data(), H, E, n);
+    double tr = 0;
+    for (int i = 0; i < H; ++i) tr += xtx[size_t(i) * H + i];
+    const double lam = ridge * std::max(1e-30, tr / H);
+    std::vector<double> A(xtx.begin(), xtx.end()), B(size_t(H) * E);
+    for (int i = 0; i < H; ++i) A[size_t(i) * H + i] += lam;
+    // Column-major B [H, E] for LAPACK; A is symmetric so its layout does not matter.
+    for (int i = 0; i < H; ++i)
+        for (int e = 0; e < E; ++e) B[size_t(e) * H + i] = xtm[size_t(i) * E + e];
+    const int nn = H, nrhs = E;
+    int info = 0;
+    dposv_("L", &nn, &nrhs, A.data(), &nn, B.data(), &nn, &info);
+    if (info != 0) fail("least-squares router: the normal equations are singular (LAPACK dposv info {})", info);
+    std::vector<float> V(size_t(E) * H);
+    for (int e = 0; e < E; ++e)
+        for (int i = 0; i < H; ++i) V[size_t(e) * H + i] = float(B[size_t(e) * H + i]);
+    return V;
+}
+
+// Back to the model's input space: W1[:, i] = V1[:, i] / σ_i.
+RouterWeights denormalise(const NormRouter& r, const std::vector<float>& sigma, int E, int H) {
+    RouterWeights out;
+    out.num_experts = E;
+    out.hidden_size = H;
+    out.w1 = r.w1;
+    for (int e = 0; e < E; ++e)
+        for (int i = 0; i < H; ++i) out.w1[size_t(e) * H + i] /= sigma[size_t(i)];
+    out.w2 = r.w2;
+    return out;
+}
+
+}  // namespace
+
+void router_forward(const RouterWeights& r, const float* x, int N, float* logits) {
+    const int E = r.num_experts, H = r.hidden_size;
+    if (!r.is_mlp()) {
+        gemm_nt(x, r.w1.data(), logits, N, E, H);
+        return;
+    }
+    std::vector<float> a(size_t(N) * E);
+    gemm_nt(x, r.w1.data(), a.data(), N, E, H);
+    for (float& v : a) v = std::tanh(v);
+    gemm_nt(a.data(), r.w2.data(), logits, N, E, E);
+}
+
+std::vector<float> target_mass(const LayerCalib& c, FitTarget target) {
+    if (target == FitTarget::ActivationSum) return c.absh;
+    std::vector<float> m(size_t(c.N) * c.E);
+    for (int t = 0; t < c.N; ++t)
+        for (int e = 0; e < c.E; ++e) m[size_t(t) * c.E + e] = c.mass(t, e);
+    return m;
+}
+
+std::pair<double, double> topk_quality(const float* logits, const float* mass, int N, int E, int k, int every) {
+    double got = 0, best = 0, hits = 0;
+    int n = 0;
+    std::vector<int32_t> s(static_cast<size_t>(k)), o(static_cast<size_t>(k));
+    for (int t = every - 1; t < N; t += every, ++n) {
+        const float* m = mass + size_t(t) * E;
+        topk_desc(logits + size_t(t) * E, E, k, s.data());
+        topk_desc(m, E, k, o.data());
+        for (int j = 0; j < k; ++j) {
+            got += m[s[size_t(j)]];
+            best += m[o[size_t(j)]];
+            hits += std::count(o.begin(), o.end(), s[size_t(j)]);
+        }
+    }
+    return {best > 0 ? got / best : 1.0, n ? hits / (double(n) * k) : 1.0};
+}
+
+RouterWeights least_squares_router(const LayerCalib& c, const std::vector<float>& mass, double ridge) {
+    FitOptions o;
+    o.val_every = 1;
+    FitData d = make_fit_data(c, mass, o);
+    NormRouter r;
+    r.w1 = least_squares_norm(d.x_tr.data(), d.m_tr.data(), d.n_tr, c.H, c.E, ridge);
+    return denormalise(r, d.sigma, c.E, c.H);
+}
+
+RouterWeights fit_router(const LayerCalib& c, const FitOptions& opt, FitReport* report) {
+    if (opt.top_k < 1 || opt.top_k > c.E) fail("router fit: top-k {} with {} experts", opt.top_k, c.E);
+    if (!(opt.temperature > 0)) fail("router fit: target temperature must be positive (got {})", opt.temperature);
+    const std::vector<float> mass = target_mass(c, opt.target);
+    const FitData d = make_fit_data(c, mass, opt);
+    FitReport rep;
+    NormRouter r;
+    r.w1 = least_squares_norm(d.x_tr.data(), d.m_tr.data(), d.n_tr, c.H, c.E, opt.ridge);
+    train(r, d, opt, rep, true);
+    if (opt.mlp) {
+        // Enter tanh's near-linear range: W1 = V / a with 2·std(V x̃) = a, W2 = a·I.
+        std::vector<float> z(size_t(d.n_tr) * c.E);
+        gemm_nt(d.x_tr.data(), r.w1.data(), z.data(), d.n_tr, c.E, c.H);
+        double ss = 0;
+        for (float v : z) ss += double(v) * v;
+        const double a = std::max(1e-6, 2.0 * std::sqrt(ss / z.size()));
+        for (float& v : r.w1) v = float(v / a);
+        r.w2.assign(size_t(c.E) * c.E, 0.0f);
+        for (int e = 0; e < c.E; ++e) r.w2[size_t(e) * c.E + e] = float(a);
+        FitReport rep2;
+        train(r, d, opt, rep2, false);
+        rep.val_mass = rep2.val_mass, rep.val_recall = rep2.val_recall, rep.loss = rep2.loss, rep.best_iter = rep2.best_iter;
+    }
+    if (report) *report = rep;
+    return denormalise(r, d.sigma, c.E, c.H);
+}
+
+}  // namespace moefy

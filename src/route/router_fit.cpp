@@ -1,0 +1,245 @@
+#include "route/router_fit.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "common/error.h"
+#include "convert/convert.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "model/matmul.h"
+#include "route/centroid_router.h"
+#include "split/expert_plan.h"
+
+namespace moefy {
+
+const char* router_kind_name(RouterKind k) {
+    switch (k) {
+        case RouterKind::Random: return "random";
+        case RouterKind::Centroid: return "centroid";
+        case RouterKind::Fit: return "fit";
+    }
+    return "?";
+}
+
+RouterKind parse_router_kind(const std::string& s) {
+    if (s == "random") return RouterKind::Random;
+    if (s == "centroid") return RouterKind::Centroid;
+    if (s == "fit") return RouterKind::Fit;
+    fail("--router '{}': expected random, centroid or fit", s);
+}
+
+RouterOptions parse_router_options(const std::string& router, const std::string& weighting, const std::string& scale,
+                                   MoEFormat format, bool mlp_gate, int top_k, uint64_t seed) {
+    RouterOptions ro;
+    ro.kind = parse_router_kind(router);
+    ro.weighting = parse_weighting(weighting);
+    ro.top_k = top_k;
+    ro.mlp = mlp_gate;
+    ro.combine = format == MoEFormat::Deepseek ? CombineRule::SoftmaxAll : CombineRule::SoftmaxTopK;
+    ro.seed = seed;
+    ro.fit_scale = scale == "fit";
+    if (ro.fit_scale || scale == "auto") return ro;
+    size_t used = 0;
+    double v = 0;
+    try {
+        v = std::stod(scale, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != scale.size() || scale.empty() || !(std::isfinite(v) && v > 0))
+        fail("--scale '{}': expected fit, auto or a positive number", scale);
+    ro.scale = v;
+    return ro;
+}
+
+bool needs_calibration(const RouterOptions& opt) {
+    return opt.kind == RouterKind::Fit || opt.fit_scale ||
+           (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double natural_scale(const RouterOptions& opt, int E) {
+    if (opt.scale) return *opt.scale;
+    return opt.weighting == Weighting::Softmax ? double(E) / opt.top_k : 1.0;
+}
+
+// Σ_{selected} m / Σ_{true top-k} m with m = ‖y_e‖ over all calibration tokens.
+double captured_mass(const LayerCalib& c, const std::vector<float>& logits, int k) {
+    const std::vector<float> m = target_mass(c, FitTarget::OutputNorm);
+    return topk_quality(logits.data(), m.data(), c.N, c.E, k, 1).first;
+}
+
+}  // namespace
+
+namespace {
+
+void check_options(const ModelConfig& cfg, const ExpertPlan& plan, const RouterOptions& opt) {
+    const int E = plan.num_experts(), k = opt.top_k;
+    if (k < 1 || k > E) fail("--top-k {}: must be between 1 and the plan's {} experts", k, E);
+    if (opt.scale && !(std::isfinite(*opt.scale) && *opt.scale > 0)) fail("--scale {}: must be a positive number", *opt.scale);
+    if (plan.num_layers != cfg.num_layers) fail("expert plan: {} layers, the model has {}", plan.num_layers, cfg.num_layers);
+}
+
+RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, const std::vector<LayerCalib>& stats,
+                       const RouterProgress& progress) {
+    const ModelConfig& cfg = model.config();
+    const int L = cfg.num_layers, E = plan.num_experts(), H = cfg.hidden_size, k = opt.top_k;
+    const bool over_all = opt.combine == CombineRule::SoftmaxAll;
+    if (needs_calibration(opt) && stats.empty())
+        fail("router '{}' with {} weighting{} needs calibration text (none given)", router_kind_name(opt.kind),
+             weighting_name(opt.weighting), opt.fit_scale ? " and a fitted scale" : "");
+    if (!stats.empty() && (int(stats.size()) != L || stats[0].E != E || stats[0].H != H))
+        fail("calibration statistics are for {} layers of {} experts over {} inputs; the plan needs {} x {} over {}", stats.size(),
+             stats[0].E, stats[0].H, L, E, H);
+
+    RouterBuild out;
+    out.weighting = opt.weighting;
+    out.calib_tokens = stats.empty() ? 0 : size_t(stats[0].N);
+    const auto t1 = Clock::now();
+    FitOptions fo = opt.fit;
+    fo.top_k = k;
+    fo.mlp = opt.mlp;
+    // The fit's products have E (a handful) columns: OpenBLAS's threads cost more
+    // than they give there (measured 51 s vs 44 s for the demo model), while the
+    // OpenMP loops around them keep both cores busy.
+    BlasSingleThread blas_single;
+    for (int l = 0; l < L; ++l) {
+        LayerRouterReport rep;
+        RouterWeights r;
+        switch (opt.kind) {
+            case RouterKind::Random: r = make_random_router(E, H, opt.mlp, opt.seed, l); break;
+            case RouterKind::Centroid: r = make_centroid_router(model, l, plan.layers[size_t(l)], opt.mlp); break;
+            case RouterKind::Fit: r = fit_router(stats[size_t(l)], fo, &rep.fit); break;
+        }
+        double s = natural_scale(opt, E);
+        if (!stats.empty()) {
+            const LayerCalib& c = stats[size_t(l)];
+            const std::vector<float> z = calib_logits(c, r);
+            ScaleTerms terms;
+            if (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random) {
+                rep.temperature = fit_logit_temperature(c, z, k, over_all, opt.fit_scale ? 0.0 : s, &terms);
+                scale_router_logits(r, rep.temperature);
+            } else {
+                terms = logits_scale_terms(c, z, k, opt.weighting, over_all);
+            }
+            // A non-positive optimum means the routed sum points away from the
+            // dense output: keep the natural scale rather than write a useless one.
+            if (opt.fit_scale && terms.best_scale() > 0) s = terms.best_scale();
+            rep.rel_error = terms.rel_error(s);
+            rep.mass = captured_mass(c, z, k);
+        }
+        rep.scale = s;
+        out.routers.push_back(std::move(r));
+        out.scales.push_back(s);
+        out.layers.push_back(rep);
+        if (progress) progress("fit", double(l + 1), double(L));
+    }
+    out.seconds_fit = since(t1);
+    out.gamma_max.resize(size_t(L));
+    for (int l = 0; l < L; ++l) {
+        double g = 0;
+        for (float v : model.layer(l).post_norm) g = std::max(g, double(std::fabs(v)));
+        out.gamma_max[size_t(l)] = g;
+    }
+    return out;
+}
+
+}  // namespace
+
+RouterBuild build_routers(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
+                          const std::vector<TokenWindow>& calib, const RouterProgress& progress) {
+    const ModelConfig& cfg = dense.config;
+    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
+    check_options(cfg, plan, opt);
+    auto model = Model::load(dense);
+    std::vector<LayerCalib> stats;
+    const auto t0 = Clock::now();
+    if (needs_calibration(opt)) {
+        if (calib.empty())
+            fail("router '{}' with {} weighting{} needs calibration text (none given)", router_kind_name(opt.kind),
+                 weighting_name(opt.weighting), opt.fit_scale ? " and a fitted scale" : "");
+        stats = collect_calibration(*model, plan, calib, opt.calib, [&](size_t d, size_t t) {
+            if (progress) progress("calibrate", double(d), double(t));
+        });
+    }
+    const double tc = since(t0);
+    RouterBuild out = build_from(*model, plan, opt, stats, progress);
+    out.seconds_calib = tc;
+    return out;
+}
+
+RouterBuild build_routers_from_stats(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
+                                     const std::vector<LayerCalib>& stats, const RouterProgress& progress) {
+    const ModelConfig& cfg = dense.config;
+    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
+    check_options(cfg, plan, opt);
+    auto model = Model::load(dense);
+    return build_from(*model, plan, opt, stats, progress);
+}
+
+std::vector<LayerRouterReport> evaluate_routers(const std::vector<LayerCalib>& calib, const std::vector<RouterWeights>& routers,
+                                                int top_k, Weighting weighting, CombineRule combine, const std::vector<double>& scales) {
+    if (routers.size() != calib.size() || scales.size() != calib.size())
+        fail("evaluate routers: {} layers of calibration data, {} routers, {} scales", calib.size(), routers.size(), scales.size());
+    std::vector<LayerRouterReport> out;
+    for (size_t l = 0; l < calib.size(); ++l) {
+        const std::vector<float> z = calib_logits(calib[l], routers[l]);
+        const ScaleTerms t = logits_scale_terms(calib[l], z, top_k, weighting, combine == CombineRule::SoftmaxAll);
+        LayerRouterReport r;
+        r.scale = scales[l];
+        r.rel_error = t.rel_error(scales[l]);
+        r.mass = captured_mass(calib[l], z, top_k);
+        out.push_back(r);
+    }
+    return out;
+}
+
+double flatten_factor(const RouterWeights& r, double max_abs_gamma, double gap) {
+    const int E = r.num_experts, H = r.hidden_size;
+    // Bound on |logit|: mlp: Σ_f |W2[e, f]| (tanh is bounded by 1); linear: ‖W1[e]‖·‖x‖.
+    double bound = 0;
+    for (int e = 0; e < E; ++e) {
+        double b = 0;
+        if (r.is_mlp()) {
+            for (int f = 0; f < E; ++f) b += std::fabs(r.w2[size_t(e) * E + f]);
+        } else {
+            for (int i = 0; i < H; ++i) b += double(r.w1[size_t(e) * H + i]) * r.w1[size_t(e) * H + i];
+            b = std::sqrt(b) * max_abs_gamma * std::sqrt(double(H));
+        }
+        bound = std::max(bound, b);
+    }
+    const double spread = 2 * bound;  // largest possible gap between two logits
+    if (spread <= gap) return 1.0;
+    return std::exp2(-std::ceil(std::log2(spread / gap)));
+}
+
+void set_convert_routing(const RouterBuild& build, ConvertOptions& opt) {
+    const size_t L = build.routers.size();
+    if (build.scales.size() != L || build.gamma_max.size() != L) fail("router build: inconsistent layer counts");
+    opt.routers = build.routers;
+    opt.layer_scales = build.scales;
+    opt.scale.reset();
+    opt.gate_softmax = true;
+    opt.multiply_gate_scores = true;
+    if (build.weighting == Weighting::Softmax) return;
+    bool all_one = true;
+    for (double s : build.scales) all_one = all_one && s == 1.0;
+    if (opt.format == MoEFormat::LlamaMoE && all_one) {
+        opt.multiply_gate_scores = false;  // sum of the selected experts, as MoEfication
+        return;
+    }
+    // Flattened softmax: each weight is 1/k (renormalised top-k) or 1/E (deepseek).
+    const int E = L ? build.routers[0].num_experts : 0;
+    const double spread = opt.format == MoEFormat::Deepseek ? double(E) : double(opt.top_k);
+    for (size_t l = 0; l < L; ++l) {
+        scale_router_logits(opt.routers[l], flatten_factor(build.routers[l], build.gamma_max[l]));
+        opt.layer_scales[l] *= spread;
+    }
+}
+
+}  // namespace moefy

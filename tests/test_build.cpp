@@ -1,0 +1,206 @@
+// moefy build: the stages run in order and agree with running them by hand,
+// a fitted router beats the reference's random router on the same split,
+// bad requests are refused before any work, and the CLI writes its table,
+// JSON and report.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "data/documents.h"
+#include "eval/perplexity.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "pipeline/build.h"
+#include "split/random_split.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace moefy;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string data_file(const char* name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
+
+bool have_demo() { return fs::exists(demo_model_dir() + "/model.safetensors"); }
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+}  // namespace
+
+TEST(BuildPlan, ActiveFfnFraction) {
+    ExpertPlan p;
+    p.num_layers = 2;
+    p.intermediate_size = 24;
+    LayerPlan a;
+    for (int e = 0; e < 4; ++e) a.experts.push_back(std::vector<int32_t>(6));
+    p.layers = {a, a};
+    EXPECT_DOUBLE_EQ(active_ffn_fraction(p, 2), 0.5);
+    EXPECT_DOUBLE_EQ(active_ffn_fraction(p, 1), 0.25);
+    // a shared expert of 4 plus 4 routed of 5: top-2 uses (4 + 10) / 24
+    LayerPlan b;
+    for (int e = 0; e < 4; ++e) b.experts.push_back(std::vector<int32_t>(5));
+    b.shared.push_back(std::vector<int32_t>(4));
+    p.layers = {b, a};
+    EXPECT_DOUBLE_EQ(active_ffn_fraction(p, 2), ((4.0 + 10.0) / 24 + 0.5) / 2);
+}
+
+TEST(Build, RefusesBadRequestsBeforeWork) {
+    TempDir t;
+    BuildOptions o;
+    o.model_dir = demo_model_dir();
+    o.out_dir = t.path;  // exists
+    o.method = "random";
+    o.router = "random";
+    o.weighting = "softmax";
+    o.scale = "auto";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("output already exists"), std::string::npos);
+    o.out_dir = t.path + "/out";
+    o.method = "kmeans";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("--method 'kmeans'"), std::string::npos);
+    o.method = "graph";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("--method graph needs calibration text"), std::string::npos);
+    o.method = "random";
+    o.router = "fit";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("needs calibration text"), std::string::npos);
+    o.router = "random";
+    o.scale = "-2";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("--scale '-2'"), std::string::npos);
+    o.scale = "auto";
+    o.format = "mixtral";
+    o.gate = "mlp";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("only the llama-moe layout"), std::string::npos);
+    o.format = "llama-moe";
+    o.gate = "";
+    o.oracle = true;
+    EXPECT_NE(error_of([&] { run_build(o); }).find("--oracle needs evaluation text"), std::string::npos);
+    o.oracle = false;
+    o.router = "magic";
+    EXPECT_NE(error_of([&] { run_build(o); }).find("--router 'magic'"), std::string::npos);
+    EXPECT_FALSE(fs::exists(o.out_dir));
+}
+
+TEST(Build, RandomReferenceBuildMatchesStagesRunByHand) {
+    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    TempDir t;
+    BuildOptions o;
+    o.model_dir = demo_model_dir();
+    o.out_dir = t.path + "/moe";
+    o.method = "random";
+    o.experts = 8;
+    o.top_k = 2;
+    o.router = "random";
+    o.weighting = "softmax";
+    o.scale = "auto";
+    o.eval_data = data_file("eval.jsonl");
+    o.eval_tokens = 600;
+    o.oracle = true;
+    o.save_plan = t.path + "/plan.json";
+    std::vector<std::string> stages_seen;
+    BuildResult r = run_build(o, [&](const std::string& s, double, double) {
+        if (stages_seen.empty() || stages_seen.back() != s) stages_seen.push_back(s);
+    });
+    ASSERT_EQ(r.stages.size(), 4u);
+    EXPECT_EQ(r.stages[0].name, "split");
+    EXPECT_EQ(r.stages[1].name, "calibrate");
+    EXPECT_EQ(r.stages[2].name, "convert");
+    EXPECT_EQ(r.stages[3].name, "eval");
+    EXPECT_DOUBLE_EQ(r.active_ffn_fraction, 0.25);
+    EXPECT_EQ(r.convert.layout, "llama-moe");
+    ASSERT_TRUE(r.eval && r.eval->oracle);
+    EXPECT_EQ(r.eval->dense.tokens, 600u);
+
+    // The plan is the random split with the same seed, and the scale is E / k.
+    Checkpoint dense = Checkpoint::open(o.model_dir);
+    EXPECT_EQ(ExpertPlan::load(o.save_plan).to_json(), random_split(dense, 8, 0).to_json());
+    for (double s : r.convert.scales) EXPECT_DOUBLE_EQ(s, 4.0);
+
+    // Dense and MoE perplexity equal what eval computes on the written model.
+    auto tok = Tokenizer::from_dir(o.model_dir);
+    auto windows = make_windows(read_documents(o.eval_data), *tok, {o.ctx, o.eval_tokens, true});
+    auto dm = Model::load(dense);
+    EXPECT_DOUBLE_EQ(evaluate_perplexity(*dm, windows).nll_sum, r.eval->dense.nll_sum);
+    Checkpoint moe = Checkpoint::open(o.out_dir);
+    auto mm = Model::load(moe);
+    EXPECT_NEAR(evaluate_perplexity(*mm, windows).nll_sum, r.eval->moe.ppl.nll_sum, 1e-6 * r.eval->moe.ppl.nll_sum);
+    // Random routing of a random split loses much; the oracle loses less.
+    EXPECT_GT(r.eval->ppl_ratio(), 1.05);
+    EXPECT_LT(r.eval->oracle->ppl.perplexity(), r.eval->moe.ppl.perplexity());
+
+    nlohmann::json j = build_json(r);
+    EXPECT_EQ(j["method"], "random");
+    EXPECT_EQ(j["experts"], 8);
+    EXPECT_EQ(j["plan"]["widths"][5].size(), 8u);
+    EXPECT_DOUBLE_EQ(j["moe_ppl"].get<double>(), r.eval->moe.ppl.perplexity());
+    EXPECT_TRUE(j["stages"].contains("convert"));
+    auto cols = build_summary(r);
+    ASSERT_GE(cols.size(), 9u);
+    EXPECT_EQ(cols[0], (std::pair<std::string, std::string>{"method", "random"}));
+    EXPECT_EQ(cols[3], (std::pair<std::string, std::string>{"active FFN", "0.250"}));
+    EXPECT_EQ(cols[8].first, "oracle ppl");
+}
+
+TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
+    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    TempDir t;
+    Checkpoint dense = Checkpoint::open(demo_model_dir());
+    random_split(dense, 8, 3).save(t.path + "/plan.json");
+    BuildOptions o;
+    o.model_dir = demo_model_dir();
+    o.plan_path = t.path + "/plan.json";
+    o.top_k = 2;
+    o.calib_data = data_file("calib.jsonl");
+    o.calib_tokens = 4096;
+    o.eval_data = data_file("eval.jsonl");
+    o.eval_tokens = 1500;
+    o.gate = "linear";
+    o.out_dir = t.path + "/random";
+    o.router = "random";
+    o.weighting = "softmax";
+    o.scale = "auto";
+    BuildResult a = run_build(o);
+    o.out_dir = t.path + "/fit";
+    o.router = "fit";
+    o.weighting = "uniform";
+    o.scale = "fit";
+    BuildResult b = run_build(o);
+    EXPECT_EQ(b.plan.to_json(), a.plan.to_json());
+    EXPECT_DOUBLE_EQ(b.eval->dense.nll_sum, a.eval->dense.nll_sum);
+    EXPECT_LT(b.eval->moe.total_rel_error(), a.eval->moe.total_rel_error());
+    EXPECT_LT(b.eval->moe.ppl.perplexity(), a.eval->moe.ppl.perplexity());
+    EXPECT_GT(b.calib_tokens, 1000u);
+}
+
+TEST(BuildCli, TableJsonAndReport) {
+    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    TempDir t;
+    const std::string base = fmt::format("build --model {} --method random --experts 4 --top-k 2 --router random "
+                                         "--weighting softmax --scale auto --eval-data {} --eval-tokens 200 --format mixtral",
+                                         demo_model_dir(), data_file("eval.jsonl"));
+    CliResult c = run_cli(base + fmt::format(" --out {}/a --report {}/r.html", t.path, t.path));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_NE(c.out.find("method  experts  top-k  active FFN"), std::string::npos) << c.out;
+    EXPECT_NE(c.out.find("mixtral layout"), std::string::npos) << c.out;
+    const std::string html = read_file(t.path + "/r.html");
+    EXPECT_NE(html.find("data-plot=\"widths\""), std::string::npos);
+    EXPECT_NE(html.find("data-plot=\"load\""), std::string::npos);
+    c = run_cli(base + fmt::format(" --out {}/b --json 2>/dev/null", t.path));
+    ASSERT_EQ(c.status, 0) << c.out;
+    nlohmann::json j = nlohmann::json::parse(c.out);
+    EXPECT_EQ(j["layout"], "mixtral");
+    EXPECT_EQ(j["eval"]["tokens"], 200);
+    EXPECT_GT(j["moe_ppl"].get<double>(), 1.0);
+    c = run_cli(base + fmt::format(" --out {}/b", t.path));
+    EXPECT_EQ(c.status, 1);
+    EXPECT_NE(c.out.find("output already exists"), std::string::npos) << c.out;
+}
