@@ -5,11 +5,15 @@
 #include <cmath>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "common/error.h"
 #include "eval/report.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "data/text_cluster.h"
 #include "split/cluster_split.h"
+#include "split/importance.h"
 #include "split/graph_split.h"
 #include "split/random_split.h"
 #include "tokenizer/tokenizer.h"
@@ -63,6 +67,48 @@ void check_options(const BuildOptions& o) {
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
 }
 
+// The gradient split as `moefy build` runs it: the calibration text clustered
+// into one TF-IDF cluster per expert, neuron importance per cluster by the
+// backward pass (feature_change, l1, sample: the reference's defaults), then the
+// neuron-independent split. The stages' files go to a scratch directory that
+// is removed afterwards; the chain by hand keeps them (README, gradient split).
+ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, const BuildProgress& progress) {
+    namespace fs = std::filesystem;
+    struct Scratch {
+        fs::path dir;
+        ~Scratch() {
+            std::error_code ec;
+            fs::remove_all(dir, ec);
+        }
+    } scratch{fs::temp_directory_path() / fmt::format("moefy-build-gradient-{}", ::getpid())};
+    fs::remove_all(scratch.dir);
+    fs::create_directories(scratch.dir);
+
+    TextClusterOptions tc;
+    tc.data = {o.calib_data};
+    tc.text_field = o.text_field;
+    tc.out = (scratch.dir / "clusters").string();
+    tc.kmeans.clusters = o.experts;
+    tc.kmeans.seed = o.seed;
+    cluster_text_tfidf(tc);
+
+    auto tok = Tokenizer::from_dir(o.model_dir);
+    ImportanceOptions io;
+    io.ctx = o.ctx;
+    io.text_field = o.text_field;
+    io.max_tokens_per_cluster = o.calib_tokens;
+    const ImportanceResult imp = compute_importance(dense, *tok, tc.out, io, RankGroup{}, [&](size_t d, size_t n) {
+        if (progress) progress("split", double(d), double(n));
+    });
+    const std::string imp_path = (scratch.dir / "importance.safetensors").string();
+    write_importance(imp_path, imp);
+
+    GradientSplitOptions g;
+    g.experts = o.experts;
+    g.assign = Assign::Optimal;
+    return gradient_split_from_importance(read_importance(imp_path), ImportanceTarget::Up, g);
+}
+
 }  // namespace
 
 double BuildResult::total_seconds() const {
@@ -104,12 +150,7 @@ ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const
             if (progress) progress("split", d, n);
         });
     }
-    if (o.method == "gradient")
-        // Extension point: the gradient split needs per-data-cluster neuron
-        // importance (split/importance.h), which is not in the library yet.
-        // Until then, split with `moefy split gradient` and pass --plan.
-        fail("--method gradient: importance gathering is not available in this build yet; "
-             "make the plan with `moefy split gradient` and pass it with --plan");
+    if (o.method == "gradient") return gradient_build_plan(dense, o, progress);
     fail("--method '{}': expected random, cluster, graph or gradient", o.method);
 }
 
