@@ -8,11 +8,15 @@
 #include <cmath>
 
 #include "convert/convert.h"
+#include "data/documents.h"
+#include "eval/perplexity.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "model/tensor_names.h"
 #include "split/expert_plan.h"
+#include "split/random_split.h"
+#include "tokenizer/tokenizer.h"
 #include "test_util.h"
 #include "tiny_model.h"
 
@@ -136,5 +140,46 @@ TEST(SharingSum, AllExpertsOnWeightOneSumEveryHolderOfEachNeuron) {
         double diff = 0;
         for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, double(std::fabs(a[i] - b[i])));
         EXPECT_GT(diff, 1e-3) << c.name;
+    }
+}
+
+// Issue contract for both standard layouts: every expert selected, weight 1, no
+// scaling gives the dense model's perplexity (to 1e-4) on real text. llama-moe
+// writes it directly (multiply_gate_scores false); Mixtral always renormalises a
+// softmax over the selected experts, so weight 1 is a zero router (every weight
+// exactly 1/E) with the scale E folded into w2 (a power of two: exact in BF16).
+TEST(SharingSum, AllExpertsPerplexityEqualsDenseInBothLayouts) {
+    TempDir tmp;
+    const Checkpoint dense = Checkpoint::open(demo_model_dir());
+    auto tok = Tokenizer::from_dir(demo_model_dir());
+    const auto docs = read_documents(std::string(MOEFY_SOURCE_DIR) + "/data/eval.jsonl");
+    const auto windows = make_windows(std::vector<std::string>(docs.begin(), docs.begin() + 4), *tok, {256, 600, true});
+    auto dense_model = Model::load(dense);
+    const double want = evaluate_perplexity(*dense_model, windows).perplexity();
+    const int E = 4;
+    const ExpertPlan plan = random_split(dense, E, 3);
+    for (MoEFormat f : {MoEFormat::LlamaMoE, MoEFormat::Mixtral}) {
+        ConvertOptions o;
+        o.format = f;
+        o.top_k = E;
+        if (f == MoEFormat::LlamaMoE) {
+            o.multiply_gate_scores = false;
+        } else {
+            o.scale = double(E);
+            for (int l = 0; l < dense.config.num_layers; ++l) {
+                RouterWeights r;
+                r.num_experts = E;
+                r.hidden_size = dense.config.hidden_size;
+                r.w1.assign(size_t(E) * size_t(r.hidden_size), 0.0f);
+                o.routers.push_back(r);
+            }
+        }
+        const std::string out = tmp.path + "/" + moe_format_name(f);
+        convert_checkpoint(dense, plan, out, o);
+        const Checkpoint moe_ck = Checkpoint::open(out);
+        auto moe = Model::load(moe_ck);
+        const PerplexityResult got = evaluate_perplexity(*moe, windows);
+        EXPECT_EQ(got.tokens, 600u);
+        EXPECT_NEAR(got.perplexity() / want, 1.0, 1e-4) << moe_format_name(f) << ": " << got.perplexity() << " vs " << want;
     }
 }

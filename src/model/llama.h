@@ -130,6 +130,7 @@ public:
     // Holds pointers into the checkpoint's mapping: the Checkpoint (or the
     // TensorStore) must outlive the Model.
     static std::unique_ptr<Model> load(const Checkpoint& ckpt);
+    static std::unique_ptr<Model> load(Checkpoint&&) = delete;  // a temporary would unmap under the Model
     static std::unique_ptr<Model> load(const ModelConfig& cfg, const TensorStore& tensors);
     ~Model();
 
