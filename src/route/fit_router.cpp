@@ -1,6 +1,7 @@
 #include "route/fit_router.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,13 +17,57 @@ namespace moefy {
 
 namespace {
 
+// The fit's products have E (a handful) on one side and N (thousands of tokens)
+// on the other. OpenBLAS packs the whole token matrix on every such call, which
+// cost most of the fit (packing, not arithmetic); below this width a direct
+// loop reads it once instead.
+constexpr int kSkinny = 32;
+
 // C[M, N] = A[M, K] · B[N, K]ᵀ
 void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+    if (N > kSkinny) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; ++m) {
+        const float* a = A + size_t(m) * K;
+        for (int n = 0; n < N; ++n) {
+            const float* b = B + size_t(n) * K;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int k = 0; k < K; ++k) s += a[k] * b[k];
+            C[size_t(m) * N + n] = s;
+        }
+    }
 }
 // C[M, N] = A[K, M]ᵀ · B[K, N]
 void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
+    if (M > kSkinny) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
+        return;
+    }
+    // Per-thread partial sums added in thread order: the same result every run.
+    const size_t MN = size_t(M) * N;
+    std::vector<float> parts(size_t(omp_get_max_threads()) * MN, 0.0f);
+#pragma omp parallel
+    {
+        float* part = parts.data() + size_t(omp_get_thread_num()) * MN;
+#pragma omp for schedule(static)
+        for (int k = 0; k < K; ++k) {
+            const float* a = A + size_t(k) * M;
+            const float* b = B + size_t(k) * N;
+            for (int m = 0; m < M; ++m) {
+                const float am = a[m];
+                float* p = part + size_t(m) * N;
+#pragma omp simd
+                for (int n = 0; n < N; ++n) p[n] += am * b[n];
+            }
+        }
+    }
+    std::fill(C, C + MN, 0.0f);
+    for (size_t off = 0; off < parts.size(); off += MN)
+        for (size_t i = 0; i < MN; ++i) C[i] += parts[off + i];
 }
 
 // Train/held-out token split and the column-normalised inputs x̃ = x / σ.
