@@ -1,7 +1,7 @@
 #pragma once
 // Shared pieces of the benchmarks: timing, peak RSS, a synthetic BF16 LLaMA
 // written to a temporary directory, and the sgemm floor a product is
-// measured against (same layout as bench/eval.cpp, which can move onto this header).
+// measured against.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>

@@ -31,6 +31,8 @@
 #include "model/tensor_names.h"
 #include "split/random_split.h"
 
+#include "bench_util.h"
+
 namespace fs = std::filesystem;
 using namespace moefy;
 
@@ -77,50 +79,12 @@ Run run(const std::vector<std::string>& argv, bool quiet) {
     return r;
 }
 
-// Random finite BF16 values of magnitude ~1e-3..1e-1, generated fast (bits, not floats).
-void fill_bf16(uint16_t* p, size_t n, Rng& rng) {
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint64_t r = rng.next();
-        for (int k = 0; k < 4; ++k, r >>= 16) {
-            const uint16_t m = uint16_t(r & 0x807f);          // sign + 7 mantissa bits
-            const uint16_t e = uint16_t(117 + ((r >> 7) & 7));  // exponent 2^-10 .. 2^-3
-            p[i + size_t(k)] = uint16_t(m | (e << 7));
-        }
-    }
-    for (size_t i = n & ~size_t(3); i < n; ++i) p[i] = 0x3c00;
-}
-
+// LLaMA-7B layer shapes (hidden 4096, intermediate 11008, 32 heads) with a small
+// vocabulary, so that the FFNs dominate the bytes as they do in a real 7B.
 void write_model(const std::string& dir, const Args& a) {
-    const int64_t H = 4096, I = 11008, V = 2048, heads = 32;
-    nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", H},
-                          {"intermediate_size", I}, {"num_hidden_layers", a.layers}, {"num_attention_heads", heads},
-                          {"num_key_value_heads", heads}, {"vocab_size", V}, {"max_position_embeddings", 4096},
-                          {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"hidden_act", "silu"},
-                          {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}};
-    fs::create_directories(dir);
-    std::ofstream(dir + "/config.json") << cfg.dump(2);
-    std::vector<TensorSpec> specs = {{names::embed(), DType::BF16, {V, H}}};
-    for (int l = 0; l < a.layers; ++l) {
-        for (const char* p : {"q", "k", "v", "o"}) specs.push_back({names::attn(l, p), DType::BF16, {H, H}});
-        specs.push_back({names::dense_ffn(l, "gate"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "up"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "down"), DType::BF16, {H, I}});
-        specs.push_back({names::input_norm(l), DType::BF16, {H}});
-        specs.push_back({names::post_norm(l), DType::BF16, {H}});
-    }
-    specs.push_back({names::final_norm(), DType::BF16, {H}});
-    specs.push_back({names::lm_head(), DType::BF16, {V, H}});
-    std::vector<uint16_t> buf(size_t(1) << 22);
-    write_safetensors(dir + "/model.safetensors", specs, [&](size_t i, ByteSink& sink) {
-        Rng rng(42, i);
-        size_t left = specs[i].nbytes() / 2;
-        while (left) {
-            const size_t n = std::min(left, buf.size());
-            fill_bf16(buf.data(), n, rng);
-            sink.write(buf.data(), n * 2);
-            left -= n;
-        }
-    });
+    bench::Synth s;
+    s.V = 2048, s.H = 4096, s.I = 11008, s.L = a.layers, s.heads = 32, s.kv = 32, s.max_pos = 4096;
+    bench::write_synthetic(dir, s);
 }
 
 size_t dir_bytes(const std::string& d) {

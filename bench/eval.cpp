@@ -35,117 +35,20 @@
 #include "model/parallel.h"
 #include "model/tensor_names.h"
 
+#include "bench_util.h"
+
 using namespace moefy;
+using namespace moefy::bench;
 namespace fs = std::filesystem;
 
 namespace {
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double peak_rss_bytes() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return double(ru.ru_maxrss) * 1024.0;
-}
 
 struct Shape {
     int64_t N, K;
     bool operator<(const Shape& o) const { return N != o.N ? N < o.N : K < o.K; }
 };
 
-// ---- synthetic model ----------------------------------------------------------
-
-struct Synth {
-    int V = 32000, H = 2048, I = 5632, L = 22, heads = 32, kv = 4, max_pos = 2048;
-};
-
-// BF16 weights of magnitude in [2^-7, 2^-5) with random sign and mantissa:
-// cheap to generate and keeps activations finite through the layers.
-void fill_bf16(Rng& rng, uint16_t* p, size_t n) {
-    for (size_t i = 0; i < n; i += 4) {
-        uint64_t r = rng.next();
-        for (size_t j = 0; j < 4 && i + j < n; ++j, r >>= 16) {
-            const uint16_t bits = uint16_t(r);
-            const uint16_t sign = bits & 0x8000u, exp = uint16_t(120 + ((bits >> 7) & 1)), mant = bits & 0x7fu;
-            p[i + j] = uint16_t(sign | (exp << 7) | mant);
-        }
-    }
-}
-
-void write_synthetic(const std::string& dir, const Synth& s) {
-    fs::create_directories(dir);
-    nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", s.V},
-                          {"hidden_size", s.H}, {"intermediate_size", s.I}, {"num_hidden_layers", s.L},
-                          {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv},
-                          {"max_position_embeddings", s.max_pos}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
-                          {"hidden_act", "silu"}, {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}};
-    std::ofstream(dir + "/config.json") << cfg.dump(2);
-    const int64_t H = s.H, hd = s.H / s.heads, KV = int64_t(s.kv) * hd, I = s.I;
-    std::vector<TensorSpec> specs = {{names::embed(), DType::BF16, {s.V, H}}};
-    for (int l = 0; l < s.L; ++l) {
-        specs.push_back({names::attn(l, "q"), DType::BF16, {H, H}});
-        specs.push_back({names::attn(l, "k"), DType::BF16, {KV, H}});
-        specs.push_back({names::attn(l, "v"), DType::BF16, {KV, H}});
-        specs.push_back({names::attn(l, "o"), DType::BF16, {H, H}});
-        specs.push_back({names::dense_ffn(l, "gate"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "up"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "down"), DType::BF16, {H, I}});
-        specs.push_back({names::input_norm(l), DType::BF16, {H}});
-        specs.push_back({names::post_norm(l), DType::BF16, {H}});
-    }
-    specs.push_back({names::final_norm(), DType::BF16, {H}});
-    specs.push_back({names::lm_head(), DType::BF16, {s.V, H}});
-    Rng rng(1234);
-    std::vector<uint16_t> buf;
-    write_safetensors(dir + "/model.safetensors", specs, [&](size_t i, ByteSink& sink) {
-        const size_t n = specs[i].nbytes() / 2;
-        buf.resize(n);
-        if (specs[i].shape.size() == 1)
-            std::fill(buf.begin(), buf.end(), uint16_t(0x3f80));  // norms: 1.0
-        else
-            fill_bf16(rng, buf.data(), n);
-        sink.write(buf.data(), n * 2);
-    });
-}
-
-// Writes in a child process so that its buffers never count in our peak RSS.
-void write_synthetic_forked(const std::string& dir, const Synth& s) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-        try {
-            write_synthetic(dir, s);
-        } catch (const std::exception& e) {
-            fmt::print(stderr, "writing the synthetic model failed: {}\n", e.what());
-            _exit(1);
-        }
-        _exit(0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("synthetic model writer failed");
-}
-
 // ---- floors -------------------------------------------------------------------------
-
-// Best-of GFLOP/s of C[M, N] = A[M, K] · B[N, K]ᵀ with f32 B, as the engine's sgemm calls are laid out.
-double sgemm_gflops(int M, int64_t N, int64_t K, double min_seconds) {
-    std::vector<float> a(size_t(M) * K), b(size_t(N) * K), c(size_t(M) * N);
-    Rng rng(9);
-    for (float& x : a) x = float(rng.uniform() - 0.5);
-    for (float& x : b) x = float(rng.uniform() - 0.5) * 0.02f;
-    double best = 1e30, spent = 0;
-    int reps = 0;
-    while ((spent < min_seconds || reps < 2) && reps < 50) {
-        const double t0 = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, int(N), int(K), 1.0f, a.data(), int(K), b.data(), int(K),
-                    0.0f, c.data(), int(N));
-        const double dt = now() - t0;
-        best = std::min(best, dt);
-        spent += dt;
-        ++reps;
-    }
-    return 2.0 * M * double(N) * double(K) / best / 1e9;
-}
 
 // Copy bandwidth (bytes copied per second) over a buffer far larger than the caches.
 double memcpy_bandwidth(size_t bytes) {
@@ -255,7 +158,7 @@ void print(const Result& r, double memcpy_bw) {
 double sgemm_floor(const std::map<Shape, int>& shapes, int M, double min_seconds) {
     double flops = 0, time = 0;
     for (const auto& [s, count] : shapes) {
-        const double g = sgemm_gflops(M, s.N, s.K, min_seconds);
+        const double g = sgemm_gflops(M, s.N, s.K, /*trans_b=*/true, min_seconds);
         const double f = 2.0 * M * double(s.N) * double(s.K) * count;
         fmt::print("  sgemm [{} x {}] x [{} x {}]^T: {:.1f} GFLOP/s (x{})\n", M, s.K, s.N, s.K, g, count);
         flops += f;
