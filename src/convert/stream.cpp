@@ -60,6 +60,11 @@ void TensorStreamer::gather_row(const uint8_t* row, DType in, const std::vector<
 }
 
 void TensorStreamer::copy(const TensorView& src, DType out, ByteSink& sink) {
+    // Same dtype: the kernel copies file to file (as cp does), no page faults on
+    // the mapping and no copy through this process; else from the mapping.
+    if (out == src.dtype && src.file && src.file->fd() >= 0 &&
+        sink.copy_range(src.file->fd(), uint64_t(src.data - src.file->data()), src.nbytes))
+        return;
     if (out == src.dtype) {
         for (size_t off = 0; off < src.nbytes; off += kCopySlice) {
             const size_t n = std::min(kCopySlice, src.nbytes - off);

@@ -88,6 +88,13 @@ class ByteSink {
 public:
     virtual ~ByteSink() = default;
     virtual void write(const void* data, size_t n) = 0;
+    // Appends n bytes of file `fd` from `offset` without passing them through
+    // this process, when the sink can (a file: copy_file_range). Returns false,
+    // having written nothing, when it cannot; the caller then writes them itself.
+    virtual bool copy_range(int fd, uint64_t offset, size_t n) {
+        (void)fd, (void)offset, (void)n;
+        return false;
+    }
 };
 
 struct TensorSpec {
