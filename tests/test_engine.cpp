@@ -23,6 +23,7 @@
 #include "model/matmul.h"
 #include "model/moe_ffn.h"
 #include "model/tensor_names.h"
+#include "test_util.h"
 
 namespace moefy {
 namespace {
@@ -540,6 +541,29 @@ struct Recorder : FfnObserver {
         u.emplace_back(a.up, a.up + size_t(a.n) * a.I);
     }
 };
+
+// final_hidden is exactly the lm_head input: logits = final_hidden · lm_headᵀ.
+TEST(EngineDense, FinalHiddenTimesLmHeadIsTheLogits) {
+    const Checkpoint ck = Checkpoint::open(demo_model_dir());
+    auto m = Model::load(ck);
+    const int T = 9, H = ck.config.hidden_size, V = ck.config.vocab_size;
+    std::vector<int32_t> toks;
+    for (int t = 0; t < T; ++t) toks.push_back(int32_t(1 + (t * 37) % (V - 1)));
+    std::vector<float> logits(size_t(T) * V), hidden(size_t(T) * H);
+    m->forward(toks.data(), T, 0, nullptr, logits.data());
+    m->final_hidden(toks.data(), T, hidden.data());
+    const std::string head = ck.config.tie_word_embeddings ? names::embed() : names::lm_head();
+    const std::vector<float> w = ck.tensors->read_f32(head);
+    double num = 0, den = 0;
+    for (int t = 0; t < T; ++t)
+        for (int v = 0; v < V; ++v) {
+            double z = 0;
+            for (int i = 0; i < H; ++i) z += double(hidden[size_t(t) * H + i]) * w[size_t(v) * H + i];
+            num += std::pow(z - logits[size_t(t) * V + v], 2);
+            den += z * z;
+        }
+    EXPECT_LT(std::sqrt(num / den), 1e-5);
+}
 
 TEST(EngineDense, ObserverSeesOnlyWantedLayerActivations) {
     Spec s;

@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -580,8 +581,30 @@ TEST(TextClusterCli, RunsAndRefusesModelEmbedding) {
     r = run_cli("cluster-text --data " + t.path + "/in.jsonl --clusters 3 --out " + t.path + "/out");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
-    r = run_cli("cluster-text --data " + t.path + "/in.jsonl --clusters 3 --embed model --model x --out " + t.path + "/o2");
+    r = run_cli("cluster-text --data " + t.path + "/in.jsonl --clusters 3 --embed model --out " + t.path + "/o2");
     EXPECT_EQ(r.status, 1);
-    EXPECT_NE(r.out.find("not available yet"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--embed model needs --model"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(t.path + "/o2"));
+}
+
+// --embed model on the bundled demo model: every document kept, the same clusters
+// twice, and the summary says how documents were embedded.
+TEST(TextClusterCli, ModelEmbeddingClustersTheDemoCorpus) {
+    TempDir t;
+    const std::string M = demo_model_dir(), data = std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl";
+    std::vector<json> sums;
+    for (const char* out : {"/a", "/b"}) {
+        const CliResult r = run_cli(fmt::format("cluster-text --data {} --clusters 4 --embed model --model {} --ctx 64 --out {}{}",
+                                                data, M, t.path, out));
+        ASSERT_EQ(r.status, 0) << r.out;
+        sums.push_back(json::parse(read_file(t.path + out + "/summary.json")));
+    }
+    EXPECT_EQ(sums[0]["embed"], "model");
+    EXPECT_EQ(sums[0]["embedding"]["dim"], 192);
+    EXPECT_EQ(sums[0]["sizes"], sums[1]["sizes"]);
+    size_t total = 0;
+    for (const auto& n : sums[0]["sizes"]) total += n.get<size_t>();
+    EXPECT_EQ(total, 240u);  // data/calib.jsonl: no document lost
+    for (int c = 0; c < 4; ++c)
+        EXPECT_EQ(read_file(fmt::format("{}/a/{}.jsonl", t.path, c)), read_file(fmt::format("{}/b/{}.jsonl", t.path, c)));
 }

@@ -3,6 +3,13 @@
 #include "cli/cli_common.h"
 #include "common/error.h"
 #include "data/text_cluster.h"
+#include "eval/perplexity.h"
+#include "model/checkpoint.h"
+#include "model/document_embedding.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+#include <filesystem>
 
 namespace moefy::cli {
 
@@ -35,13 +42,31 @@ MOEFY_COMMAND(60, [](CLI::App& app) {
     cmd->add_flag("--force", o->t.force, "Replace an existing output directory");
     cmd->add_option("--out", o->t.out, "Output directory")->required();
     cmd->callback([o] {
+        nlohmann::json s;
         if (o->embed == "model") {
             if (o->model.empty()) fail("--embed model needs --model DIR");
-            // The engine (model/llama.h) has no call that returns the final
-            // hidden states yet; cluster_text_embedded() takes them once it does.
-            fail("--embed model is not available yet (the engine does not expose final hidden states); use --embed tfidf");
+            // Refuse an existing output before the (slow) embedding pass.
+            if (std::filesystem::exists(o->t.out) && !o->t.force)
+                fail("{}: output already exists (use --force to replace it)", o->t.out);
+            const Checkpoint ck = Checkpoint::open(o->model);
+            check_context(ck.config, o->ctx, o->model);
+            auto tok = Tokenizer::from_dir(o->model);
+            auto model = Model::load(ck);
+            const TextCorpus corpus = read_text_corpus(o->t.data, o->t.text_field);
+            check_cluster_request(corpus.texts.size(), o->t.kmeans, o->t.data.empty() ? "data" : o->t.data[0]);
+            ProgressBar bar("embed");
+            const std::vector<float> x = embed_documents(*model, *tok, corpus.texts, o->ctx,
+                                                         [&](size_t d, size_t n) { bar.update(double(d), double(n), "docs"); });
+            bar.finish();
+            s = cluster_text_embedded(o->t, corpus, x, size_t(ck.config.hidden_size),
+                                      {{"kind", "model"}, {"model", o->model}, {"ctx", o->ctx},
+                                       {"pooling", "mean of final hidden states, L2-normalised"}});
+            fmt::print("wrote {}: {} documents in {} clusters, sizes {}, mean cosine {:.4f}{}\n", o->t.out,
+                       s["documents"].get<size_t>(), s["clusters"].get<int>(), s["sizes"].dump(),
+                       s["mean_cosine"].get<double>(), s["converged"].get<bool>() ? "" : " (max-iter reached)");
+            return;
         }
-        nlohmann::json s = cluster_text_tfidf(o->t);
+        s = cluster_text_tfidf(o->t);
         fmt::print("wrote {}: {} documents in {} clusters, sizes {}, mean cosine {:.4f}{}\n", o->t.out,
                    s["documents"].get<size_t>(), s["clusters"].get<int>(), s["sizes"].dump(),
                    s["mean_cosine"].get<double>(), s["converged"].get<bool>() ? "" : " (max-iter reached)");

@@ -242,6 +242,12 @@ void Model::forward_last(const int32_t* tokens, int T, int pos0, KVCache* cache,
     matmul(ws_->xn.data(), 1, lm_head_, logits);
 }
 
+void Model::final_hidden(const int32_t* tokens, int T, float* out) {
+    run_layers(tokens, T, 0, nullptr, {});
+    final_norm(T);
+    std::copy_n(ws_->xn.data(), size_t(T) * size_t(cfg_.hidden_size), out);
+}
+
 double Model::nll_sum(const int32_t* tokens, int T, const RunHooks& hooks, float* per_position) {
     run_layers(tokens, T, 0, nullptr, hooks);
     const int n = T - 1;  // predictions

@@ -155,6 +155,9 @@ public:
     // Σ_{t<T-1} -log p(tokens[t+1] | tokens[..t]), over T-1 predictions from position 0.
     // per_position: optional [T-1] output of the single terms.
     double nll_sum(const int32_t* tokens, int T, const RunHooks& hooks = {}, float* per_position = nullptr);
+    // The final hidden states (after the final RMSNorm, the lm_head input) of
+    // tokens[0..T) from position 0: out [T, H].
+    void final_hidden(const int32_t* tokens, int T, float* out);
 
     // Bytes of every weight tensor the engine uses (each tensor once).
     size_t weight_bytes() const { return weight_bytes_; }
