@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs moefy's main job on the bundled
-# demo model: inspect, split into 8 experts (random and clustering), convert to
-# the llama-moe and mixtral layouts, inspect the result, and evaluate dense vs MoE.
+# demo model. The main job is `moefy build`: co-activation split into 8 experts,
+# routers and scales fitted on calibration text, llama-moe checkpoint, dense vs MoE
+# perplexity on held-out text, and an HTML report. Then the single steps: inspect,
+# split (random, clustering), convert to llama-moe and mixtral, inspect, eval, generate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,6 +12,8 @@ M=models/tinyllama-demo
 OUT=${OUT:-build/demo}
 mkdir -p "$OUT"
 set -x
+build/moefy build --model $M --method graph --experts 8 --top-k 2 --data data/calib.jsonl \
+    --eval-data data/eval.jsonl --oracle --report "$OUT/report.html" --force --out "$OUT/moe-build"
 build/moefy inspect $M
 build/moefy split random --model $M --experts 8 --seed 0 --out "$OUT/plan-random.json"
 build/moefy split cluster --model $M --experts 8 --seed 0 --restarts 3 --out "$OUT/plan-cluster.json"

@@ -159,8 +159,8 @@ for m in models:
         half = d
 if half:
     ratio = half["moe_ppl"] / half["dense_ppl"]
-    w("Target 1 (default split, %s): **%s** at %d of %d top-k settings." % (DEFAULT_METHOD, "met" if verdicts and all(verdicts) else "missed",
-      sum(verdicts), len(verdicts)))
+    w("Target 1 (default split, %s): **%s**, met at %d of %d (model, top-k) settings." % (DEFAULT_METHOD,
+      "met" if verdicts and all(verdicts) else "missed", sum(verdicts), len(verdicts)))
     w("")
     w("Target 2: default configuration (%s split, 8 experts, top-4, active FFN %.2f) on the demo model: perplexity %.3f vs dense %.3f,"
       % (DEFAULT_METHOD, half["active_ffn_fraction"], half["moe_ppl"], half["dense_ppl"]))
