@@ -45,7 +45,8 @@ MOEFY_COMMAND(60, [](CLI::App& app) {
         nlohmann::json s;
         if (o->embed == "model") {
             if (o->model.empty()) fail("--embed model needs --model DIR");
-            // Refuse an existing output before the (slow) embedding pass.
+            // Refuse an existing output and a bad cluster count before the (slow)
+            // embedding pass; cluster_text_embedded checks both again.
             if (std::filesystem::exists(o->t.out) && !o->t.force)
                 fail("{}: output already exists (use --force to replace it)", o->t.out);
             const Checkpoint ck = Checkpoint::open(o->model);
@@ -61,16 +62,13 @@ MOEFY_COMMAND(60, [](CLI::App& app) {
             s = cluster_text_embedded(o->t, corpus, x, size_t(ck.config.hidden_size),
                                       {{"kind", "model"}, {"model", o->model}, {"ctx", o->ctx},
                                        {"pooling", "mean of final hidden states, L2-normalised"}});
-            fmt::print("wrote {}: {} documents in {} clusters, sizes {}, mean cosine {:.4f}{}\n", o->t.out,
-                       s["documents"].get<size_t>(), s["clusters"].get<int>(), s["sizes"].dump(),
-                       s["mean_cosine"].get<double>(), s["converged"].get<bool>() ? "" : " (max-iter reached)");
-            return;
+        } else {
+            s = cluster_text_tfidf(o->t);
         }
-        s = cluster_text_tfidf(o->t);
         fmt::print("wrote {}: {} documents in {} clusters, sizes {}, mean cosine {:.4f}{}\n", o->t.out,
                    s["documents"].get<size_t>(), s["clusters"].get<int>(), s["sizes"].dump(),
                    s["mean_cosine"].get<double>(), s["converged"].get<bool>() ? "" : " (max-iter reached)");
-        const auto& terms = s["top_terms"];
+        const auto terms = s.value("top_terms", nlohmann::json::array());  // TF-IDF only
         for (size_t k = 0; k < terms.size(); ++k) {
             std::string words;
             for (const auto& w : terms[k]) words += " " + w.get<std::string>();

@@ -97,50 +97,46 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         // The reference's router (random, softmax x scale) is drawn by the converter
         // itself; every other choice is built here and handed over.
         const bool reference_routing = ro.kind == RouterKind::Random && ro.weighting == Weighting::Softmax && !ro.fit_scale;
-        if (reference_routing) {
-            opt.scale = ro.scale;
-            ProgressBar bar("convert");
-            const ConvertReport r = convert_model_dir(o->model, o->plan, o->out, opt, [&](double done, double total) {
-                bar.update(done / 1e9, total / 1e9, "GB");
-            });
-            bar.finish();
-            print_report(r);
-            return;
-        }
-        if (o->no_softmax || o->no_multiply)
+        if (!reference_routing && (o->no_softmax || o->no_multiply))
             fail("--no-softmax / --no-multiply-gate-scores set the reference router's weighting by hand; with --router {} "
                  "use --weighting softmax|uniform instead",
                  o->router);
+        // Refused before any slow work (calibration); convert_checkpoint checks again.
         if (std::filesystem::exists(o->out) && !o->force)
             fail("{}: output already exists (use --force to replace it)", o->out);
         const Checkpoint dense = Checkpoint::open(o->model);
-        ExpertPlan plan = ExpertPlan::load(o->plan);
-        plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o->plan);
+        const ExpertPlan plan = ExpertPlan::load(o->plan);
+        plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o->plan);  // errors name the file
+
         std::vector<TokenWindow> calib;
         std::string calib_path;
-        if (needs_calibration(ro)) {
-            calib_path = o->calib.empty() ? std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl" : o->calib;
-            if (o->calib.empty() && !std::filesystem::exists(calib_path))
-                fail("--router {} / --scale {} need calibration text: pass --calib FILE", o->router, o->scale);
-            check_context(dense.config, o->ctx, o->model);
-            auto tok = Tokenizer::from_dir(o->model);
-            calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
+        if (reference_routing) {
+            opt.scale = ro.scale;
+        } else {
+            if (needs_calibration(ro)) {
+                calib_path = o->calib.empty() ? std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl" : o->calib;
+                if (o->calib.empty() && !std::filesystem::exists(calib_path))
+                    fail("--router {} / --scale {} need calibration text: pass --calib FILE", o->router, o->scale);
+                check_context(dense.config, o->ctx, o->model);
+                auto tok = Tokenizer::from_dir(o->model);
+                calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
+            }
+            ProgressBar cbar("calibrate");
+            const RouterBuild rb = build_routers(dense, plan, ro, calib, [&](const char* stage, double d, double n) {
+                cbar.update(d, n, stage);
+            });
+            cbar.finish();
+            set_convert_routing(rb, opt);
+            opt.provenance = routing_provenance(o->router, o->weighting, o->scale, calib_path, rb.calib_tokens);
+            if (!calib.empty())
+                fmt::print("routers: {} on {} calibration tokens per layer ({})\n", o->router, rb.calib_tokens, calib_path);
         }
-        ProgressBar cbar("calibrate");
-        const RouterBuild rb = build_routers(dense, plan, ro, calib, [&](const char* stage, double d, double n) {
-            cbar.update(d, n, stage);
-        });
-        cbar.finish();
-        set_convert_routing(rb, opt);
-        opt.provenance = {{"router", {{"kind", o->router}, {"weighting", o->weighting}, {"scale", o->scale}}}};
-        if (!calib.empty()) opt.provenance["calibration"] = {{"file", calib_path}, {"tokens_per_layer", rb.calib_tokens}};
         ProgressBar bar("convert");
         const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, [&](double done, double total) {
             bar.update(done / 1e9, total / 1e9, "GB");
         });
         bar.finish();
         print_report(r);
-        if (!calib.empty()) fmt::print("routers: {} on {} calibration tokens per layer ({})\n", o->router, rb.calib_tokens, calib_path);
     });
 });
 

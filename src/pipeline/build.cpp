@@ -70,8 +70,8 @@ void check_options(const BuildOptions& o) {
 // The gradient split as `moefy build` runs it: the calibration text clustered
 // into one TF-IDF cluster per expert, neuron importance per cluster by the
 // backward pass (feature_change, l1, sample: the reference's defaults), then the
-// neuron-independent split. The stages' files go to a scratch directory that
-// is removed afterwards; the chain by hand keeps them (README, gradient split).
+// neuron-independent split. The clusters go to a scratch directory (importance
+// reads cluster files) that is removed afterwards; the chain by hand keeps them.
 ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, const BuildProgress& progress) {
     namespace fs = std::filesystem;
     struct Scratch {
@@ -100,13 +100,10 @@ ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, c
     const ImportanceResult imp = compute_importance(dense, *tok, tc.out, io, RankGroup{}, [&](size_t d, size_t n) {
         if (progress) progress("split", double(d), double(n));
     });
-    const std::string imp_path = (scratch.dir / "importance.safetensors").string();
-    write_importance(imp_path, imp);
-
     GradientSplitOptions g;
     g.experts = o.experts;
     g.assign = Assign::Optimal;
-    return gradient_split_from_importance(read_importance(imp_path), ImportanceTarget::Up, g);
+    return gradient_split_from_importance(importance_scores(imp, "importance of " + o.calib_data), ImportanceTarget::Up, g);
 }
 
 }  // namespace
@@ -205,8 +202,7 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     co.seed = o.seed;
     co.force = o.force;
     set_convert_routing(rb, co);
-    co.provenance = {{"router", {{"kind", o.router}, {"weighting", o.weighting}, {"scale", o.scale}}}};
-    if (!calib.empty()) co.provenance["calibration"] = {{"file", o.calib_data}, {"tokens_per_layer", rb.calib_tokens}};
+    co.provenance = routing_provenance(o.router, o.weighting, o.scale, calib.empty() ? "" : o.calib_data, rb.calib_tokens);
     r.stages.push_back({"calibrate", since(t0)});
 
     // convert

@@ -53,6 +53,13 @@ RouterOptions parse_router_options(const std::string& router, const std::string&
     return ro;
 }
 
+nlohmann::json routing_provenance(const std::string& router, const std::string& weighting, const std::string& scale,
+                                  const std::string& calib_file, size_t calib_tokens) {
+    nlohmann::json j = {{"router", {{"kind", router}, {"weighting", weighting}, {"scale", scale}}}};
+    if (!calib_file.empty()) j["calibration"] = {{"file", calib_file}, {"tokens_per_layer", calib_tokens}};
+    return j;
+}
+
 bool needs_calibration(const RouterOptions& opt) {
     return opt.kind == RouterKind::Fit || opt.fit_scale ||
            (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random);

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "data/documents.h"
 #include "route/calibration.h"
 #include "route/fit_router.h"
@@ -83,6 +85,12 @@ using RouterProgress = std::function<void(const char* stage, double done, double
 // `moefy convert` and `moefy build` take them, for a layout and gate.
 RouterOptions parse_router_options(const std::string& router, const std::string& weighting, const std::string& scale,
                                    MoEFormat format, bool mlp_gate, int top_k, uint64_t seed);
+
+// What config.json records under "moefy" about routers built here:
+// {"router": {kind, weighting, scale}} plus {"calibration": {file, tokens_per_layer}}
+// when calibration text was read (calib_file not empty).
+nlohmann::json routing_provenance(const std::string& router, const std::string& weighting, const std::string& scale,
+                                  const std::string& calib_file, size_t calib_tokens);
 
 // Whether the options need calibration windows (fit router, fitted scale, or a
 // softmax temperature to fit).

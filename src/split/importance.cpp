@@ -439,6 +439,28 @@ void check_importance_for(const ImportanceFile& f, const ModelConfig& cfg, const
              fingerprint);
 }
 
+ImportanceFile importance_scores(const ImportanceResult& r, const std::string& where) {
+    ImportanceFile f;
+    f.path = where;
+    f.settings = r.settings;
+    f.clusters = int(r.clusters.size());
+    f.num_layers = r.num_layers;
+    f.hidden_size = r.hidden_size;
+    f.intermediate_size = r.intermediate_size;
+    f.ffn_fingerprint = r.ffn_fingerprint;
+    f.up.assign(size_t(r.num_layers), std::vector<std::vector<double>>(r.clusters.size()));
+    f.gate = f.up;
+    for (size_t k = 0; k < r.clusters.size(); ++k) {
+        const ImportanceSums& s = r.clusters[k];
+        f.tokens.push_back(s.tokens);
+        for (int l = 0; l < r.num_layers; ++l) {
+            f.up[size_t(l)][k] = s.scores(r.settings, ImportanceTarget::Up, l);
+            f.gate[size_t(l)][k] = s.scores(r.settings, ImportanceTarget::Gate, l);
+        }
+    }
+    return f;
+}
+
 ExpertPlan gradient_split_from_importance(const ImportanceFile& f, ImportanceTarget target, GradientSplitOptions opt) {
     const int C = f.clusters, I = f.intermediate_size;
     if (opt.experts < 0) fail("--experts {} must be positive", opt.experts);

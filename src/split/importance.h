@@ -177,6 +177,11 @@ struct ImportanceFile {
 // Reads and validates (format, every tensor present with shape [I], finite values).
 ImportanceFile read_importance(const std::string& path);
 
+// The scores of a finished run as read_importance returns them, without the
+// file round trip (kept in f64); `where` names the run in messages and in the
+// plan's params. metadata stays empty.
+ImportanceFile importance_scores(const ImportanceResult& r, const std::string& where);
+
 // Throws unless the file was computed from this model (layers, sizes, FFN fingerprint).
 void check_importance_for(const ImportanceFile& f, const ModelConfig& cfg, const std::string& fingerprint);
 
