@@ -212,7 +212,7 @@ TEST(TokenizerUtf8, ValidatorAndLossy) {
     for (int b = 0; b < 256; ++b) EXPECT_EQ(moefy::char_to_byte(moefy::byte_to_char(b)), b);
 }
 
-TEST(TokenizerUtf8, InvalidInputThrowsForEveryKind) {
+TEST(SharedTokenizerUtf8, InvalidInputThrowsForEveryKind) {
     SKIP_WITHOUT(kTokDir / "llama3-tokenizer.json");
     const char* bad[] = {"abc\xFF", "\xC3", "ok \xED\xA0\x80 surrogate", "\xC0\x80"};
     for (const char* f : {"llama2-tokenizer.model", "llama3-tokenizer.json", "mistral-tokenizer.json"}) {
