@@ -15,7 +15,9 @@ Every file is written with torch.save exactly as the reference (pjlab-sys4nlp/ll
                 list of 12 lists of int                              .../12Experts-96Neurons-Share/
                 list of 1 + 11 lists (residual first), not shared    .../11Experts-1Residuals-64Neurons/
                 the same, shared                                     .../11Experts-1Residuals-64Neurons-Share/
-  refused     a pickle whose reduce is os.system                     evil/os_system/layers.0.mlp.up_proj.weight
+  other       the random labels as numpy float64 with protocol 2,   compat/numpy-protocol2/
+              and as an int64 torch tensor                           compat/torch-int64/
+  refused     a pickle whose reduce is os.system                     evil/os_system/
 
 The label splits come from moefy's own plans of the demo model (source_plans/*.json, made with `moefy split`
 unless --plans gives them), so the imported plans must equal them. Scores are seeded, distinct within each vector
@@ -202,6 +204,20 @@ class OsSystem:
         return (os.system, ("touch /tmp/moefy-pickle-was-executed",))
 
 
+def compat_folders(out, plans):
+    """Encodings the reference does not use but a user's own scripts may: numpy labels with torch.save's default
+    protocol 2 (numpy's _reconstruct, bytes via _codecs.encode) and int64 torch tensors."""
+    L = plans["random"]["model"]["num_layers"]
+    for name in ("numpy-protocol2", "torch-int64"):
+        os.makedirs(os.path.join(out, "compat", name), exist_ok=True)
+    for l in range(L):
+        labels = plan_labels(plans["random"], l)
+        f = f"layers.{l}.mlp.up_proj.weight"
+        torch.save(np.array(labels, dtype=np.float64), os.path.join(out, "compat", "numpy-protocol2", f))
+        torch.save(torch.tensor(labels, dtype=torch.int64), os.path.join(out, "compat", "torch-int64", f),
+                   pickle_protocol=HIGHEST)
+
+
 def evil_folder(out, L):
     d = os.path.join(out, "evil", "os_system")
     os.makedirs(d, exist_ok=True)
@@ -226,6 +242,7 @@ def main():
     parts = args.parts.split(",")
     if "labels" in parts:
         label_folders(args.out, plans)
+        compat_folders(args.out, plans)
         evil_folder(args.out, L)
     if "gradient" in parts:
         gradient_folders(args.out, L, I)

@@ -313,8 +313,84 @@ TEST(ImportLlamaMoe, RegeneratedFixturesImportTheSame) {
                             tmp.path + " --plans " + fixtures() + "/source_plans --parts labels >/dev/null 2>&1";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     for (const std::string d : {"/tinyllama-demo-8Expert-Split-Random", "/tinyllama-demo-4Expert-Split-Clustering-l2",
-                                "/tinyllama-demo-16Expert-Split-Graph-l1_norm"})
+                                "/tinyllama-demo-16Expert-Split-Graph-l1_norm", "/compat/numpy-protocol2", "/compat/torch-int64"})
         expect_same_split(import_llama_moe_split(tmp.path + d, demo()), import_llama_moe_split(fixtures() + d, demo()), d);
     EXPECT_NE(error_of([&] { import_llama_moe_split(tmp.path + "/evil/os_system", demo()); }).find("refuses global 'posix.system'"),
+              std::string::npos);
+}
+
+TEST(ImportLlamaMoe, OtherEncodingsOfTheSameLabels) {
+    // numpy float64 labels under torch.save's default protocol 2 (numpy _reconstruct, bytes through
+    // _codecs.encode), and an int64 torch tensor: the same random split.
+    LlamaMoeSplitOptions o;
+    o.method = "random";
+    const ExpertPlan p2 = import_llama_moe_split(fixtures() + "/compat/numpy-protocol2", demo(), o);
+    expect_same_split(p2, random_split(demo(), 8, 5), "numpy protocol 2");
+    EXPECT_EQ(p2.method, "random");
+    EXPECT_EQ(p2.params["content"], "numpy.ndarray float64 [768]");
+    const ExpertPlan t = import_llama_moe_split(fixtures() + "/compat/torch-int64", demo());
+    expect_same_split(t, random_split(demo(), 8, 5), "torch int64");
+    EXPECT_EQ(t.params["content"], "torch.LongStorage int64 [768]");
+    EXPECT_EQ(t.method, "llama-moe");  // nothing in the folder name says which method made it
+    o.method = "magic";
+    EXPECT_NE(error_of([&] { import_llama_moe_split(fixtures() + "/compat/torch-int64", demo(), o); }).find("--method 'magic'"),
+              std::string::npos);
+}
+
+namespace {
+
+std::string le(uint64_t v, int n) {
+    std::string s;
+    for (int k = 0; k < n; ++k) s.push_back(char((v >> (8 * k)) & 0xff));
+    return s;
+}
+
+// A stored archive whose every size and offset lives in ZIP64 fields (the 32-bit ones saturated).
+std::string zip64_archive(const std::vector<std::pair<std::string, std::string>>& entries) {
+    std::string out, cd;
+    for (const auto& [name, data] : entries) {
+        const uint32_t crc = crc32_ieee(reinterpret_cast<const uint8_t*>(data.data()), data.size());
+        const uint64_t at = out.size();
+        out += le(0x04034b50, 4) + le(45, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(crc, 4) + le(0xffffffff, 4) +
+               le(0xffffffff, 4) + le(name.size(), 2) + le(20, 2) + name + le(1, 2) + le(16, 2) + le(data.size(), 8) +
+               le(data.size(), 8) + data;
+        cd += le(0x02014b50, 4) + le(45, 2) + le(45, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(crc, 4) + le(0xffffffff, 4) +
+              le(0xffffffff, 4) + le(name.size(), 2) + le(28, 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) +
+              le(0xffffffff, 4) + name + le(1, 2) + le(24, 2) + le(data.size(), 8) + le(data.size(), 8) + le(at, 8);
+    }
+    const uint64_t cd_at = out.size();
+    out += cd;
+    const uint64_t z = out.size();
+    out += le(0x06064b50, 4) + le(44, 8) + le(45, 2) + le(45, 2) + le(0, 4) + le(0, 4) + le(entries.size(), 8) +
+           le(entries.size(), 8) + le(cd.size(), 8) + le(cd_at, 8);
+    out += le(0x07064b50, 4) + le(0, 4) + le(z, 8) + le(1, 4);
+    out += le(0x06054b50, 4) + le(0, 2) + le(0, 2) + le(0xffff, 2) + le(0xffff, 2) + le(0xffffffff, 4) + le(0xffffffff, 4) +
+           le(0, 2);
+    return out;
+}
+
+}  // namespace
+
+TEST(ImportLlamaMoe, Zip64FieldsAreRead) {
+    const std::string pkl = bytes({0x80, 0x02, ']', 'q', 0, '(', 'K', 7, 'K', 3, 'e', '.'});
+    const std::string zip = zip64_archive({{"archive/data.pkl", pkl}, {"archive/version", "3\n"}});
+    const TorchSaveFile t = read_torch_save_memory(reinterpret_cast<const uint8_t*>(zip.data()), zip.size(), "z64.pt");
+    EXPECT_EQ(t.prefix, "archive");
+    ASSERT_EQ(t.zip.entries().size(), 2u);
+    EXPECT_EQ(t.zip.entries()[0].size, pkl.size());
+    ASSERT_EQ(t.tree.top().kind, PyKind::List);
+    ASSERT_EQ(t.tree.top().items.size(), 2u);
+    EXPECT_EQ(t.tree.at(t.tree.top().items[0]).i, 7);
+    EXPECT_EQ(t.tree.at(t.tree.top().items[1]).i, 3);
+    // A ZIP64 central directory offset past its record, and an entry name that climbs out of the archive.
+    std::string bad = zip;
+    const size_t rec = bad.find(le(0x06064b50, 4));
+    bad.replace(rec + 48, 8, le(1u << 20, 8));
+    EXPECT_NE(error_of([&] { ZipArchive::from_memory(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(), "z64.pt"); })
+                  .find("central directory"),
+              std::string::npos);
+    const std::string climb = zip64_archive({{"../data.pkl", pkl}});
+    EXPECT_NE(error_of([&] { ZipArchive::from_memory(reinterpret_cast<const uint8_t*>(climb.data()), climb.size(), "z.pt"); })
+                  .find("bad name"),
               std::string::npos);
 }
