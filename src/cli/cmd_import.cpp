@@ -10,8 +10,6 @@
 
 namespace moefy::cli {
 
-void print_plan_summary(const ExpertPlan& p, const std::string& out);
-
 MOEFY_COMMAND(80, [](CLI::App& app) {
     auto* group = app.add_subcommand("import", "Bring in split and importance files made by other tools");
     group->require_subcommand(1);
