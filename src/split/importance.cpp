@@ -48,6 +48,8 @@ ExpertPlan gradient_split_from_importance(const ImportanceFile& f, ImportanceTar
                               {"kernel", importance_kernel_name(f.settings.kernel)},
                               {"level", importance_level_name(f.settings.level)},
                               {"tokens", f.tokens}};
+    // Files imported from LLaMA-MoE keep the reference's lexicographic cluster order (quirk 22).
+    if (auto it = f.metadata.find("cluster_order"); it != f.metadata.end()) p.params["cluster_order"] = it->second;
     return p;
 }
 

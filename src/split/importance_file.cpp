@@ -24,6 +24,17 @@ constexpr int kVersion = 1;
 constexpr ImportanceTarget kTargets[] = {ImportanceTarget::Up, ImportanceTarget::Gate};
 }  // namespace
 
+// One F32 tensor per (cluster, layer, target), written beside `path` and renamed into place.
+static void write_score_tensors(const std::string& path, const std::vector<TensorSpec>& specs,
+                         const std::vector<std::vector<float>>& values, const std::map<std::string, std::string>& meta) {
+    const std::string tmp = path + ".tmp";
+    write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
+                      meta);
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
+}
+
 void write_importance(const std::string& path, const ImportanceResult& r) {
     const int K = int(r.clusters.size()), L = r.num_layers, I = r.intermediate_size;
     std::vector<TensorSpec> specs;
@@ -61,12 +72,37 @@ void write_importance(const std::string& path, const ImportanceResult& r) {
         {"tokens", tokens.dump()},
         {"windows", windows.dump()},
         {"scores", "f64 sums / tokens, stored as F32"}};
-    const std::string tmp = path + ".tmp";
-    write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
-                      meta);
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
+    write_score_tensors(path, specs, values, meta);
+}
+
+void write_importance_scores(const std::string& path, const ImportanceFile& f) {
+    const int K = f.clusters, L = f.num_layers, I = f.intermediate_size;
+    if (f.tokens.size() != size_t(K)) fail("{}: {} token counts for {} clusters", path, f.tokens.size(), K);
+    std::vector<TensorSpec> specs;
+    std::vector<std::vector<float>> values;
+    for (int k = 0; k < K; ++k)
+        for (int l = 0; l < L; ++l)
+            for (ImportanceTarget t : kTargets) {
+                const auto& sc = f.scores(t);
+                if (sc.size() != size_t(L) || sc[size_t(l)].size() != size_t(K) || sc[size_t(l)][size_t(k)].size() != size_t(I))
+                    fail("{}: {} scores of layer {} cluster {} are not [{}]", path, importance_target_name(t), l, k, I);
+                specs.push_back({importance_tensor_name(k, l, t), DType::F32, {I}});
+                values.emplace_back(sc[size_t(l)][size_t(k)].begin(), sc[size_t(l)][size_t(k)].end());
+            }
+    std::map<std::string, std::string> meta = {
+        {"format", kFormat},
+        {"version", std::to_string(kVersion)},
+        {"kind", importance_kind_name(f.settings.kind)},
+        {"kernel", importance_kernel_name(f.settings.kernel)},
+        {"level", importance_level_name(f.settings.level)},
+        {"clusters", std::to_string(K)},
+        {"num_layers", std::to_string(L)},
+        {"hidden_size", std::to_string(f.hidden_size)},
+        {"intermediate_size", std::to_string(I)},
+        {"ffn_fingerprint", f.ffn_fingerprint},
+        {"tokens", nlohmann::json(f.tokens).dump()}};
+    for (const auto& [k, v] : f.metadata) meta.emplace(k, v);  // never overrides the fields above
+    write_score_tensors(path, specs, values, meta);
 }
 
 namespace {

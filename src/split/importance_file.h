@@ -43,6 +43,11 @@ ImportanceFile read_importance(const std::string& path);
 // plan's params. metadata stays empty.
 ImportanceFile importance_scores(const ImportanceResult& r, const std::string& where);
 
+// Writes finished scores (for example imported ones) in the same format: the
+// fields above come from `f`, every f.metadata entry is added unless it would
+// replace one of them (model, data, ctx, ... are the caller's to give).
+void write_importance_scores(const std::string& path, const ImportanceFile& f);
+
 // Throws unless the file was computed from this model (layers, sizes, FFN fingerprint).
 void check_importance_for(const ImportanceFile& f, const ModelConfig& cfg, const std::string& fingerprint);
 
