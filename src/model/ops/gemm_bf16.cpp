@@ -422,4 +422,35 @@ MOEFY_AVX512BF16 double bf16_dot_peak_gflops(double seconds) {
     return double(iters) * 10 * 64 / dt / 1e9;  // 16 lanes x 2 multiply-adds x 2 flops
 }
 
+MOEFY_AMX double amx_peak_loop(double seconds) {
+    amx_configure();
+    alignas(64) static const uint32_t ones[256] = {};
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, ones, 64);
+    _tile_loadd(5, ones, 64);
+    _tile_loadd(6, ones, 64);
+    _tile_loadd(7, ones, 64);
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    int64_t iters = 0;
+    double dt = 0;
+    do {
+        for (int i = 0; i < 10000; ++i) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        iters += 10000;
+        dt = std::chrono::duration<double>(clock::now() - t0).count();
+    } while (dt < seconds);
+    amx_release();
+    return double(iters) * 4 * 16 * 16 * 32 * 2 / dt / 1e9;
+}
+
+double amx_dot_peak_gflops(double seconds) { return cpu_supports(KernelPath::Amx) ? amx_peak_loop(seconds) : 0.0; }
+
 }  // namespace moefy::ops

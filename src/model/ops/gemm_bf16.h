@@ -29,5 +29,7 @@ void gemm_bf16(KernelPath path, const float* x, int T, const uint16_t* W, int64_
 // Peak of the avx512bf16 micro-kernel's instruction (vdpbf16ps on registers,
 // no memory), GFLOP/s of one thread for `seconds`: the bench's compute ceiling.
 double bf16_dot_peak_gflops(double seconds);
+// The same for the amx path's tdpbf16ps (tiles in registers); 0 without AMX.
+double amx_dot_peak_gflops(double seconds);
 
 }  // namespace moefy::ops
