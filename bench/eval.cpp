@@ -143,56 +143,73 @@ struct Result {
     double gen_tok_s = 0;
 };
 
-Result run_model(const std::string& name, Model& model, int ctx, int seqs, int gen_tokens) {
+// One (model, kernel path, activation mode) under test.
+struct Config {
+    std::string name;
+    Model* model;
+    ops::KernelPath path;
+    bool exact;
     Result r;
-    r.name = name;
-    r.path = ops::kernel_path_name(ops::kernel_path());
-    if (ops::kernel_path() == ops::KernelPath::Avx512Bf16 || ops::kernel_path() == ops::KernelPath::Amx)
-        r.path += ops::exact_activations() ? " exact" : " bf16-act";
-    const ModelConfig& c = model.config();
-    ctx = std::min(ctx, c.max_position_embeddings);
-    r.params = model.matmul_params_per_token();
-    r.weight_bytes = double(model.weight_bytes());
-    r.bytes_per_token = model.bytes_per_token();
+};
 
+std::string path_label(ops::KernelPath p, bool exact) {
+    std::string s = ops::kernel_path_name(p);
+    if (p == ops::KernelPath::Avx512Bf16 || p == ops::KernelPath::Amx) s += exact ? " exact" : " bf16-act";
+    return s;
+}
+
+// Every config is timed once per round, the configs interleaved round after
+// round, each keeping its best round: whatever else runs on the machine
+// hits all of them alike, so their ratios hold even when the times do not.
+void run_interleaved(std::vector<Config>& cs, int ctx, int rounds, int gen_tokens) {
     Rng rng(42);
-    std::vector<int32_t> toks(static_cast<size_t>(ctx));
-    auto fill = [&] {
-        for (auto& t : toks) t = int32_t(rng.below(uint64_t(c.vocab_size)));
+    for (Config& c : cs) {
+        c.r.name = c.name;
+        c.r.path = path_label(c.path, c.exact);
+        c.r.params = c.model->matmul_params_per_token();
+        c.r.weight_bytes = double(c.model->weight_bytes());
+        c.r.bytes_per_token = c.model->bytes_per_token();
+    }
+    auto with = [](const Config& c, auto&& f) {
+        ops::ScopedKernelPath sp(c.path);
+        const bool prev = ops::set_exact_activations(c.exact);
+        f();
+        ops::set_exact_activations(prev);
     };
-    fill();
-    model.nll_sum(toks.data(), ctx);  // warm-up: page in the weights, size the buffers
-    // Best of `seqs` sequences, each timed alone: other jobs on the machine only slow one down.
-    double best = 1e30;
-    for (int i = 0; i < seqs; ++i) {
-        fill();
-        const double t0 = now();
-        const double nll = model.nll_sum(toks.data(), ctx);
-        best = std::min(best, now() - t0);
-        if (!std::isfinite(nll)) fmt::print(stderr, "warning: {} NLL is not finite\n", name);
-    }
-    r.ppl_tok_s = ctx / best;
-    r.ppl_gflops = 2.0 * r.params * r.ppl_tok_s / 1e9;
-
-    // Generation: a 16-token prefill, then single tokens through the KV cache; the better of two rounds.
-    const int prompt = 16;
-    std::vector<float> logits(size_t(c.vocab_size));
-    for (int round = 0; round < 2; ++round) {
-        g_read_bw = std::max(g_read_bw, read_bandwidth(size_t(1) << 30));
-        KVCache cache = model.make_cache(prompt + gen_tokens + 1);
-        fill();
-        model.forward_last(toks.data(), prompt, 0, &cache, logits.data());
-        int32_t tok = toks[prompt];
-        const double t0 = now();
-        for (int i = 0; i < gen_tokens; ++i) {
-            model.forward_last(&tok, 1, cache.n, &cache, logits.data());
-            tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    for (int round = 0; round <= rounds; ++round) {  // round 0: warm-up (page in, size the buffers)
+        for (Config& c : cs) {
+            const int V = c.model->vocab_size(), n = std::min(ctx, c.model->config().max_position_embeddings);
+            std::vector<int32_t> toks(static_cast<size_t>(n));
+            for (auto& t : toks) t = int32_t(rng.below(uint64_t(V)));
+            with(c, [&] {
+                const double t0 = now();
+                const double nll = c.model->nll_sum(toks.data(), n);
+                const double dt = now() - t0;
+                if (!std::isfinite(nll)) fmt::print(stderr, "warning: {} NLL is not finite\n", c.name);
+                if (round > 0) c.r.ppl_tok_s = std::max(c.r.ppl_tok_s, n / dt);
+            });
+            // Generation: a 16-token prefill, then single tokens through the KV cache.
+            if (round == 0) continue;
+            g_read_bw = std::max(g_read_bw, read_bandwidth(size_t(1) << 30));
+            with(c, [&] {
+                const int prompt = 16;
+                std::vector<float> logits(static_cast<size_t>(V));
+                KVCache cache = c.model->make_cache(prompt + gen_tokens + 1);
+                c.model->forward_last(toks.data(), prompt, 0, &cache, logits.data());
+                int32_t tok = toks[prompt];
+                const double t0 = now();
+                for (int i = 0; i < gen_tokens; ++i) {
+                    c.model->forward_last(&tok, 1, cache.n, &cache, logits.data());
+                    tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+                }
+                c.r.gen_tok_s = std::max(c.r.gen_tok_s, gen_tokens / (now() - t0));
+            });
+            fmt::print("  round {}: {} [{}]: perplexity {:.1f} tok/s, generation {:.2f} tok/s (best so far)\n", round, c.name,
+                       c.r.path, c.r.ppl_tok_s, c.r.gen_tok_s);
+            std::fflush(stdout);
         }
-        r.gen_tok_s = std::max(r.gen_tok_s, gen_tokens / (now() - t0));
     }
-    fmt::print("  {} [{}]: perplexity {:.1f} tok/s, generation {:.2f} tok/s\n", name, r.path, r.ppl_tok_s, r.gen_tok_s);
-    std::fflush(stdout);
-    return r;
+    for (Config& c : cs) c.r.ppl_gflops = 2.0 * c.r.params * c.r.ppl_tok_s / 1e9;
 }
 
 // The kernel paths this CPU has, as (path, exact activations).
@@ -205,16 +222,33 @@ std::vector<std::pair<ops::KernelPath, bool>> paths() {
 }
 bool bf16_products(ops::KernelPath p) { return p == ops::KernelPath::Avx512Bf16 || p == ops::KernelPath::Amx; }
 
+// A copy of the checkpoint at `src` with every tensor stored as BF16 (config.json copied).
+void write_bf16_copy(const std::string& src, const std::string& dst) {
+    fs::create_directories(dst);
+    fs::copy_file(src + "/config.json", dst + "/config.json", fs::copy_options::overwrite_existing);
+    Checkpoint ck = Checkpoint::open(src);
+    const TensorStore& ts = *ck.tensors;
+    std::vector<TensorSpec> specs;
+    for (const std::string& n : ts.names()) specs.push_back({n, DType::BF16, ts.get(n).shape});
+    std::vector<uint16_t> buf;
+    write_safetensors(dst + "/model.safetensors", specs, [&](size_t i, ByteSink& sink) {
+        const std::vector<float> v = ts.read_f32(specs[i].name);
+        buf.resize(v.size());
+        from_f32(DType::BF16, v.data(), buf.data(), v.size());
+        sink.write(buf.data(), buf.size() * 2);
+    });
+}
+
 // Mean NLL of real text (the first documents of ../shared/corpus/eval.jsonl,
 // one window of up to 512 tokens) on every path, relative to the sgemm (f32) path.
-void accuracy(const std::string& name, const std::string& dir, const std::string& corpus) {
+void accuracy(const std::string& name, const std::string& dir, const std::string& tok_dir, const std::string& corpus) {
     if (!fs::exists(dir + "/config.json") || !fs::exists(corpus)) {
         fmt::print("  {}: not present ({}), skipped\n", name, dir);
         return;
     }
     Checkpoint ck = Checkpoint::open(dir);
     auto model = Model::load(ck);
-    auto tok = Tokenizer::from_dir(dir);
+    auto tok = Tokenizer::from_dir(tok_dir);
     std::ifstream in(corpus);
     std::string line, text;
     while (text.size() < 8000 && std::getline(in, line)) text += nlohmann::json::parse(line).value("text", "") + "\n";
@@ -254,7 +288,7 @@ int main(int argc, char** argv) {
     const int ctx = 512;
     Synth s;
     s.L = layers > 0 ? layers : (quick ? 4 : 22);
-    seqs = seqs > 0 ? seqs : (quick ? 1 : 2);
+    seqs = seqs > 0 ? seqs : (quick ? 1 : 3);
     gen = gen > 0 ? gen : (quick ? 8 : 16);
     fmt::print("bench_eval: ctx {}, best of {} sequence(s), {} generated tokens x 2 rounds, kernel path {}, OpenBLAS {}\n",
                ctx, seqs, gen, ops::kernel_path_name(ops::kernel_path()), openblas_get_config());
@@ -277,36 +311,29 @@ int main(int argc, char** argv) {
 
         fmt::print("\naccuracy (mean NLL relative to the f32 sgemm path):\n");
         const std::string shared = std::string(MOEFY_SOURCE_DIR) + "/../shared";
-        accuracy("demo (tinyllama-moefy-demo)", shared + "/models/tinyllama-moefy-demo", shared + "/corpus/eval.jsonl");
-        accuracy("stories260K", shared + "/fixtures/stories260K", shared + "/corpus/eval.jsonl");
+        const std::string demo = shared + "/models/tinyllama-moefy-demo", stories = shared + "/fixtures/stories260K";
+        accuracy("demo (tinyllama-moefy-demo)", demo, demo, shared + "/corpus/eval.jsonl");
+        if (fs::exists(stories + "/config.json")) {
+            // stored in F32, whose products take the sgemm path on every kernel path: measured on a BF16 copy
+            write_bf16_copy(stories, base + "/stories-bf16");
+            accuracy("stories260K as BF16", base + "/stories-bf16", stories, shared + "/corpus/eval.jsonl");
+        }
 
-        fmt::print("\nthroughput:\n");
+        fmt::print("\nthroughput ({} interleaved rounds):\n", seqs);
         const std::string dense_name = fmt::format("dense {}L", s.L), moe_name = fmt::format("MoE 8x top-2 {}L", s.L);
-        {
-            Checkpoint ck = Checkpoint::open(base + "/dense");
-            auto model = Model::load(ck);
-            {
-                ops::ScopedKernelPath sp(ops::KernelPath::Sgemm);
-                results.push_back(run_model(dense_name, *model, ctx, seqs, gen));
-            }
-            results.push_back(run_model(dense_name, *model, ctx, seqs, gen));
-            if (bf16_products(ops::kernel_path())) {
-                const bool prev = ops::set_exact_activations(!ops::exact_activations());
-                results.push_back(run_model(dense_name, *model, ctx, seqs, gen));
-                ops::set_exact_activations(prev);
-            }
-            floor = sgemm_floor(model_shapes(*model), ctx, quick ? 0.2 : 0.5);
+        Checkpoint dck = Checkpoint::open(base + "/dense"), mck = Checkpoint::open(base + "/moe");
+        auto dense = Model::load(dck), moe = Model::load(mck);
+        const ops::KernelPath best = ops::kernel_path();
+        std::vector<Config> cs = {{dense_name, dense.get(), ops::KernelPath::Sgemm, true, {}},
+                                  {dense_name, dense.get(), best, true, {}},
+                                  {moe_name, moe.get(), best, true, {}}};
+        if (bf16_products(best)) {
+            cs.push_back({dense_name, dense.get(), best, false, {}});
+            cs.push_back({moe_name, moe.get(), best, false, {}});
         }
-        {
-            Checkpoint ck = Checkpoint::open(base + "/moe");
-            auto model = Model::load(ck);
-            results.push_back(run_model(moe_name, *model, ctx, seqs, gen));
-            if (bf16_products(ops::kernel_path())) {
-                const bool prev = ops::set_exact_activations(!ops::exact_activations());
-                results.push_back(run_model(moe_name, *model, ctx, seqs, gen));
-                ops::set_exact_activations(prev);
-            }
-        }
+        run_interleaved(cs, ctx, seqs, gen);
+        for (const Config& c : cs) results.push_back(c.r);
+        floor = sgemm_floor(model_shapes(*dense), ctx, quick ? 0.2 : 0.5);
     } catch (const std::exception& e) {
         fmt::print(stderr, "bench_eval: {}\n", e.what());
         return 1;

@@ -67,8 +67,4 @@ void matmul_t(const float* x, int T, const WeightRef& W, float* y, bool accumula
     }, blocks > 1);
 }
 
-void matmul_fixed(const float* x, int T, const WeightRef& W, float* y, bool accumulate) {
-    matmul(x, T, W, y, accumulate);  // matmul's blocks depend only on (N, K) on every kernel path
-}
-
 }  // namespace moefy
