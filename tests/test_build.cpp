@@ -25,7 +25,6 @@ namespace {
 
 std::string data_file(const char* name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
 
-bool have_demo() { return fs::exists(demo_model_dir() + "/model.safetensors"); }
 
 std::string error_of(const std::function<void()>& f) {
     try {
@@ -60,48 +59,41 @@ TEST(Build, RefusesBadRequestsBeforeWork) {
     BuildOptions o;
     o.model_dir = demo_model_dir();
     o.out_dir = t.path;  // exists
-    o.method = "random";
-    o.router = "random";
-    o.weighting = "softmax";
-    o.scale = "auto";
+    o.method = SplitMethod::Random;
+    o.routing = {RouterKind::Random, Weighting::Softmax, RoutedScale{}};
     EXPECT_NE(error_of([&] { run_build(o); }).find("output already exists"), std::string::npos);
     o.out_dir = t.path + "/out";
-    o.method = "kmeans";
-    EXPECT_NE(error_of([&] { run_build(o); }).find("--method 'kmeans'"), std::string::npos);
-    o.method = "graph";
+    // Words are parsed once, at the boundary, into the typed options.
+    EXPECT_NE(error_of([&] { parse_split_method("kmeans"); }).find("--method 'kmeans'"), std::string::npos);
+    o.method = SplitMethod::Graph;
     EXPECT_NE(error_of([&] { run_build(o); }).find("--method graph needs calibration text"), std::string::npos);
-    o.method = "random";
-    o.router = "fit";
+    o.method = SplitMethod::Random;
+    o.routing.router = RouterKind::Fit;
     EXPECT_NE(error_of([&] { run_build(o); }).find("needs calibration text"), std::string::npos);
-    o.router = "random";
-    o.scale = "-2";
-    EXPECT_NE(error_of([&] { run_build(o); }).find("--scale '-2'"), std::string::npos);
-    o.scale = "auto";
-    o.format = "mixtral";
-    o.gate = "mlp";
+    o.routing.router = RouterKind::Random;
+    EXPECT_NE(error_of([&] { parse_routed_scale("-2"); }).find("--scale '-2'"), std::string::npos);
+    o.format = MoEFormat::Mixtral;
+    o.gate = GateKind::Mlp;
     EXPECT_NE(error_of([&] { run_build(o); }).find("only the llama-moe layout"), std::string::npos);
-    o.format = "llama-moe";
-    o.gate = "";
+    o.format = MoEFormat::LlamaMoE;
+    o.gate.reset();
     o.oracle = true;
     EXPECT_NE(error_of([&] { run_build(o); }).find("--oracle needs evaluation text"), std::string::npos);
     o.oracle = false;
-    o.router = "magic";
-    EXPECT_NE(error_of([&] { run_build(o); }).find("--router 'magic'"), std::string::npos);
+    EXPECT_NE(error_of([&] { parse_router_kind("magic"); }).find("--router 'magic'"), std::string::npos);
     EXPECT_FALSE(fs::exists(o.out_dir));
 }
 
 TEST(Build, RandomReferenceBuildMatchesStagesRunByHand) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     BuildOptions o;
     o.model_dir = demo_model_dir();
     o.out_dir = t.path + "/moe";
-    o.method = "random";
+    o.method = SplitMethod::Random;
     o.experts = 8;
     o.top_k = 2;
-    o.router = "random";
-    o.weighting = "softmax";
-    o.scale = "auto";
+    o.routing = {RouterKind::Random, Weighting::Softmax, RoutedScale{}};
     o.eval_data = data_file("eval.jsonl");
     o.eval_tokens = 600;
     o.oracle = true;
@@ -151,7 +143,7 @@ TEST(Build, RandomReferenceBuildMatchesStagesRunByHand) {
 }
 
 TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     Checkpoint dense = Checkpoint::open(demo_model_dir());
     random_split(dense, 8, 3).save(t.path + "/plan.json");
@@ -163,16 +155,12 @@ TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
     o.calib_tokens = 4096;
     o.eval_data = data_file("eval.jsonl");
     o.eval_tokens = 1500;
-    o.gate = "linear";
+    o.gate = GateKind::Linear;
     o.out_dir = t.path + "/random";
-    o.router = "random";
-    o.weighting = "softmax";
-    o.scale = "auto";
+    o.routing = {RouterKind::Random, Weighting::Softmax, RoutedScale{}};
     BuildResult a = run_build(o);
     o.out_dir = t.path + "/fit";
-    o.router = "fit";
-    o.weighting = "uniform";
-    o.scale = "fit";
+    o.routing = {RouterKind::Fit, Weighting::Uniform, RoutedScale::fit()};
     BuildResult b = run_build(o);
     EXPECT_EQ(b.plan.to_json(), a.plan.to_json());
     EXPECT_DOUBLE_EQ(b.eval->dense.nll_sum, a.eval->dense.nll_sum);
@@ -182,7 +170,7 @@ TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
 }
 
 TEST(BuildCli, TableJsonAndReport) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     const std::string base = fmt::format("build --model {} --method random --experts 4 --top-k 2 --router random "
                                          "--weighting softmax --scale auto --eval-data {} --eval-tokens 200 --format mixtral",
