@@ -34,8 +34,11 @@ inline double peak_rss_bytes() {
 }
 
 // A dense LLaMA shape; the defaults are TinyLlama-1.1B.
+// experts > 0: the same shape cut into a Mixtral-layout MoE, `experts`
+// experts of I / experts neurons each, top_k of them per token (random router).
 struct Synth {
     int V = 32000, H = 2048, I = 5632, L = 22, heads = 32, kv = 4, max_pos = 2048;
+    int experts = 0, top_k = 2;
 };
 
 // BF16 weights of magnitude in [2^-7, 2^-5) with random sign and mantissa:
@@ -58,17 +61,34 @@ inline void write_synthetic(const std::string& dir, const Synth& s) {
                           {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv},
                           {"max_position_embeddings", s.max_pos}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
                           {"hidden_act", "silu"}, {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}};
-    std::ofstream(dir + "/config.json") << cfg.dump(2);
     const int64_t H = s.H, hd = s.H / s.heads, KV = int64_t(s.kv) * hd, I = s.I;
+    const int64_t Ie = s.experts > 0 ? I / s.experts : I;
+    if (s.experts > 0) {
+        cfg["architectures"] = {"MixtralForCausalLM"};
+        cfg["model_type"] = "mixtral";
+        cfg["intermediate_size"] = Ie;
+        cfg["num_local_experts"] = s.experts;
+        cfg["num_experts_per_tok"] = s.top_k;
+    }
+    std::ofstream(dir + "/config.json") << cfg.dump(2);
     std::vector<TensorSpec> specs = {{names::embed(), DType::BF16, {s.V, H}}};
     for (int l = 0; l < s.L; ++l) {
         specs.push_back({names::attn(l, "q"), DType::BF16, {H, H}});
         specs.push_back({names::attn(l, "k"), DType::BF16, {KV, H}});
         specs.push_back({names::attn(l, "v"), DType::BF16, {KV, H}});
         specs.push_back({names::attn(l, "o"), DType::BF16, {H, H}});
-        specs.push_back({names::dense_ffn(l, "gate"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "up"), DType::BF16, {I, H}});
-        specs.push_back({names::dense_ffn(l, "down"), DType::BF16, {H, I}});
+        if (s.experts > 0) {
+            specs.push_back({names::mixtral_router(l), DType::BF16, {s.experts, H}});
+            for (int e = 0; e < s.experts; ++e) {
+                specs.push_back({names::mixtral_expert(l, e, "w1"), DType::BF16, {Ie, H}});
+                specs.push_back({names::mixtral_expert(l, e, "w3"), DType::BF16, {Ie, H}});
+                specs.push_back({names::mixtral_expert(l, e, "w2"), DType::BF16, {H, Ie}});
+            }
+        } else {
+            specs.push_back({names::dense_ffn(l, "gate"), DType::BF16, {I, H}});
+            specs.push_back({names::dense_ffn(l, "up"), DType::BF16, {I, H}});
+            specs.push_back({names::dense_ffn(l, "down"), DType::BF16, {H, I}});
+        }
         specs.push_back({names::input_norm(l), DType::BF16, {H}});
         specs.push_back({names::post_norm(l), DType::BF16, {H}});
     }

@@ -17,6 +17,7 @@
 #include "common/rng.h"
 #include "io/safetensors.h"
 #include "model/backward.h"
+#include "model/parallel.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
 #include "model/matmul_t.h"
@@ -285,10 +286,8 @@ TEST(BackwardTest, StoreRecomputeAndThreadCountGiveIdenticalGradients) {
         Backprop bp(*model, o);
         EXPECT_EQ(bp.stores_all(T), mem == ActivationMemory::Store);
         Capture cap;
-        const int prev = omp_get_max_threads();
-        omp_set_num_threads(threads);
+        ScopedThreadLimit limit(threads);
         bp.run(tok.data(), T, &cap);
-        omp_set_num_threads(prev);
         return cap;
     };
     const Capture a = run(ActivationMemory::Store, 2);
@@ -336,13 +335,14 @@ TEST(BackwardTest, GoldenDnllDhOfTheDemoModel) {
         const double dh_norm = f["dnll_dh_l2_norm"].get<double>();
         for (int i = 0; i < 8; ++i) {
             EXPECT_NEAR(h[i], h8[size_t(i)], 1e-5 + 1e-4 * std::fabs(h8[size_t(i)])) << name << " h " << i;
-            // f32 against the reference's fp32 PyTorch: measured 2e-7 of the row's norm
-            EXPECT_NEAR(dh[i], dh8[size_t(i)], 2e-6 * dh_norm) << name << " dh " << i;
+            // f32 against the reference's fp32 PyTorch: measured 2e-7 of the row's norm on the
+            // sgemm path, 2.2e-6 for the norm on the amx path (its f32 accumulation rounds differently)
+            EXPECT_NEAR(dh[i], dh8[size_t(i)], 4e-6 * dh_norm) << name << " dh " << i;
         }
         double hn = 0, dn = 0;
         for (int i = 0; i < I; ++i) hn += double(h[i]) * h[i], dn += double(dh[i]) * dh[i];
         EXPECT_NEAR(std::sqrt(hn), f["h_l2_norm"].get<double>(), 1e-4 * f["h_l2_norm"].get<double>()) << name;
-        EXPECT_NEAR(std::sqrt(dn), dh_norm, 2e-6 * dh_norm) << name;
+        EXPECT_NEAR(std::sqrt(dn), dh_norm, 4e-6 * dh_norm) << name;
     }
 }
 

@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "model/ops/kernel_path.h"
 #include "model/matmul.h"
 #include "model/moe_ffn.h"
 #include "model/tensor_names.h"
@@ -406,6 +407,53 @@ TEST(EngineMatmul, AllPathsMatchDoubleReference) {
         const int32_t bad[1] = {N};
         EXPECT_THROW(gather_rows(ref, bad, 1, g.data()), Error);
     }
+}
+
+// Every kernel path this CPU has, on BF16 weights: against a double reference,
+// and row t of y is bitwise the same whatever T (so prefill, decode and
+// thread count never change a token's numbers).
+TEST(EngineMatmul, EveryKernelPathMatchesDoubleReference) {
+    const int N = 200, K = 333;  // odd K: the pair padding; N not a multiple of 16 or 64
+    Rng rng(8);
+    Tensor W = randn(rng, {N, K}, 0.05);
+    std::vector<uint16_t> raw(W.v.size());
+    from_f32(DType::BF16, W.v.data(), raw.data(), W.v.size());
+    std::vector<float> wq(W.v.size());
+    to_f32(DType::BF16, raw.data(), wq.data(), wq.size());
+    const WeightRef ref{raw.data(), DType::BF16, N, K};
+    const int Tmax = 45;
+    Tensor x = randn(rng, {Tmax, K}, 1.0);
+    for (ops::KernelPath p : {ops::KernelPath::Sgemm, ops::KernelPath::Avx2, ops::KernelPath::Avx512Bf16, ops::KernelPath::Amx}) {
+        if (!ops::cpu_supports(p)) continue;
+        ops::ScopedKernelPath sp(p);
+        for (bool exact : {true, false}) {
+            if (!exact && p != ops::KernelPath::Avx512Bf16 && p != ops::KernelPath::Amx) continue;
+            const bool prev = ops::set_exact_activations(exact);
+            std::vector<float> full(size_t(Tmax) * N), part(size_t(Tmax) * N);
+            matmul(x.v.data(), Tmax, ref, full.data());
+            double err = 0, scale = 0;
+            for (int t = 0; t < Tmax; ++t)
+                for (int n = 0; n < N; ++n) {
+                    double s = 0, a = 0;
+                    for (int k = 0; k < K; ++k) {
+                        s += double(x.v[size_t(t) * K + k]) * wq[size_t(n) * K + k];
+                        a += std::fabs(double(x.v[size_t(t) * K + k]) * wq[size_t(n) * K + k]);
+                    }
+                    err = std::max(err, std::fabs(s - full[size_t(t) * N + n]));
+                    scale = std::max(scale, a);
+                }
+            // exact: three BF16 terms hold all of x; one BF16 keeps 8 bits (2^-9 relative per product)
+            EXPECT_LT(err, exact ? 2e-5 : 4e-3 * scale) << ops::kernel_path_name(p) << " exact=" << exact;
+            if (p != ops::KernelPath::Sgemm)
+                for (int T : {8, 13, 32}) {
+                    matmul(x.v.data() + size_t(Tmax - T) * K, T, ref, part.data());
+                    for (size_t i = 0; i < size_t(T) * N; ++i)
+                        ASSERT_EQ(part[i], full[size_t(Tmax - T) * N + i]) << ops::kernel_path_name(p) << " T=" << T;
+                }
+            ops::set_exact_activations(prev);
+        }
+    }
+    EXPECT_THROW(ops::parse_kernel_path("avx9"), Error);
 }
 
 // ---- dense models against the reference ------------------------------------------------

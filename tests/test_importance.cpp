@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "model/parallel.h"
 #include "model/backward.h"
 #include "model/checkpoint.h"
 #include "split/importance.h"
@@ -206,7 +207,11 @@ TEST(ImportanceTest, RanksSumToTheSingleProcessResult) {
     ImportanceResult r0 = compute_importance(ck, *tok, data, opt, RankGroup::simulated(0, 2));
     const int prev = omp_get_max_threads();
     omp_set_num_threads(1);
-    const ImportanceResult r1 = compute_importance(ck, *tok, data, opt, RankGroup::simulated(1, 2));
+    ImportanceResult r1;
+    {
+        ScopedThreadLimit engine_threads(1);
+        r1 = compute_importance(ck, *tok, data, opt, RankGroup::simulated(1, 2));
+    }
     omp_set_num_threads(prev);
     for (size_t k = 0; k < 2; ++k) {
         EXPECT_GT(r0.clusters[k].windows, 0);

@@ -7,12 +7,14 @@
 // key block and kv head) rebuilds P = exp(S - lse) tile by tile and adds the
 // tiles of every query block and every head of the group into dK and dV.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
 #include <cblas.h>
 
 #include "model/backward.h"
+#include "model/parallel.h"
 #include "model/matmul.h"
 
 namespace moefy::layers {
@@ -125,19 +127,26 @@ void attention_backward(const AttnShape& s, const float* q, const float* k, cons
     float* dsum = stats + size_t(T) * s.heads;  // [T, heads]
     const int blocks = (T + kBlock - 1) / kBlock;
     BlasSingleThread single;
-    // Threads only when there is more than a few microseconds of work.
-#pragma omp parallel if (size_t(T) * size_t(T) * size_t(s.heads) * size_t(s.head_dim) > (size_t(1) << 16))
-    {
-        std::vector<float> p, dp;
-        // Blocks with the most work first: late query blocks in pass 1, early key blocks in pass 2.
-#pragma omp for schedule(dynamic, 1)
-        for (int pair = 0; pair < blocks * s.heads; ++pair)
-            dq_block(s, q, k, v, T, dout, (blocks - 1 - pair / s.heads) * kBlock, pair % s.heads, dq, lse, dsum, p, dp);
-        // (implicit barrier: pass 2 reads every row's lse and D)
-#pragma omp for schedule(dynamic, 1)
-        for (int pair = 0; pair < blocks * s.kv_heads; ++pair)
-            dkv_block(s, q, k, v, T, dout, (pair / s.kv_heads) * kBlock, pair % s.kv_heads, lse, dsum, dk, dv, p, dp);
-    }
+    // Threads only when there is more than a few microseconds of work. Blocks
+    // with the most work first: late query blocks in pass 1, early key blocks in pass 2.
+    const bool par = size_t(T) * size_t(T) * size_t(s.heads) * size_t(s.head_dim) > (size_t(1) << 16);
+    std::atomic<int> next{0};
+    parallel_run(
+        [&](int, int) {
+            thread_local std::vector<float> p, dp;
+            for (int pair = next++; pair < blocks * s.heads; pair = next++)
+                dq_block(s, q, k, v, T, dout, (blocks - 1 - pair / s.heads) * kBlock, pair % s.heads, dq, lse, dsum, p, dp);
+        },
+        par);
+    // pass 2 reads every row's lse and D: a second parallel run (the first one's end is the barrier)
+    next = 0;
+    parallel_run(
+        [&](int, int) {
+            thread_local std::vector<float> p, dp;
+            for (int pair = next++; pair < blocks * s.kv_heads; pair = next++)
+                dkv_block(s, q, k, v, T, dout, (pair / s.kv_heads) * kBlock, pair % s.kv_heads, lse, dsum, dk, dv, p, dp);
+        },
+        par);
 }
 
 }  // namespace moefy::layers

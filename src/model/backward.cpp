@@ -1,9 +1,9 @@
 // The backward driver (model/backward.h): a forward over the decoder layers
 // that keeps what the backward needs, the loss and its gradient at the
-// logits, then the layers in reverse. The forward is the engine's (same layer
-// functions, same order of operations) except that its products go through
-// matmul_fixed, so that forward and backward give bitwise the same result
-// for any number of threads.
+// logits, then the layers in reverse. The forward is the engine's own layer
+// forward (model/decoder_layer.h); every product's blocks depend only on its
+// shape, so forward and backward give bitwise the same result for any number
+// of threads.
 #include "model/backward.h"
 
 #include <algorithm>
@@ -14,7 +14,9 @@
 #include "common/error.h"
 #include "model/layers.h"
 #include "model/matmul.h"
+#include "model/decoder_layer.h"
 #include "model/matmul_t.h"
+#include "model/parallel.h"
 
 namespace moefy {
 
@@ -118,33 +120,16 @@ bool Backprop::stores_all(int T) const {
 
 namespace {
 
-// x_out = decoder layer l (x_in), x: [T, H]; keeps the activations in `a`.
+// x_out = decoder layer l (x_in), x: [T, H]: the engine's layer forward
+// (model/decoder_layer.h) writing q, k, v, g, u into the kept activations `a`
+// and recording the stream after attention in a.x_mid.
 void forward_layer(const Model& m, int l, const float* x_in, int T, float* x_out, const LayerActs& a,
                    Backprop::Impl& w) {
     const ModelConfig& c = m.config();
-    const LayerWeights& L = m.layer(l);
-    const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
-    const size_t TH = size_t(T) * size_t(H);
-    layers::rmsnorm(x_in, L.input_norm.data(), T, H, c.rms_norm_eps, w.xn.data());
-    matmul_fixed(w.xn.data(), T, L.q, a.q);
-    matmul_fixed(w.xn.data(), T, L.k, a.k);
-    matmul_fixed(w.xn.data(), T, L.v, a.v);
-    layers::rope(a.q, T, Qd, c.num_heads, D, 0, m.rope_freqs());
-    layers::rope(a.k, T, KVd, c.num_kv_heads, D, 0, m.rope_freqs());
-    const layers::AttnShape shape{c.num_heads, c.num_kv_heads, D, c.sliding_window};
-    layers::attention(shape, a.q, T, 0, a.k, a.v, T, 0, w.att.data());
-    std::memcpy(a.x_mid, x_in, TH * sizeof(float));
-    matmul_fixed(w.att.data(), T, L.o, a.x_mid, /*accumulate=*/true);
-
-    layers::rmsnorm(a.x_mid, L.post_norm.data(), T, H, c.rms_norm_eps, w.xn.data());
-    matmul_fixed(w.xn.data(), T, L.ffn.gate, a.g);
-    matmul_fixed(w.xn.data(), T, L.ffn.up, a.u);
-    const size_t n = size_t(T) * size_t(L.ffn.width());
-    float* h = w.h.data();
-#pragma omp parallel for schedule(static) if (n > 4096)
-    for (size_t i = 0; i < n; ++i) h[i] = a.g[i] / (1.0f + std::exp(-a.g[i])) * a.u[i];  // as layers::swiglu_hidden
-    std::memcpy(x_out, a.x_mid, TH * sizeof(float));
-    matmul_fixed(h, T, L.ffn.down, x_out, /*accumulate=*/true);
+    std::memcpy(x_out, x_in, size_t(T) * size_t(c.hidden_size) * sizeof(float));
+    const LayerKV kv{a.k, a.v, a.k, a.v, T, 0};
+    const LayerBuffers buf{w.xn.data(), a.q, w.att.data(), a.g, a.u, w.h.data(), nullptr, a.x_mid};
+    decoder_layer_forward(c, l, m.layer(l), m.rope_freqs(), x_out, T, 0, kv, buf, {});
 }
 
 // dx: ∂L/∂(output of layer l) on entry, ∂L/∂(its input x_in) on return.
@@ -194,9 +179,8 @@ double loss_backward(const Model& m, const int32_t* tokens, int T, const float* 
     for (int r0 = 0; r0 < n; r0 += rows) {
         const int rn = std::min(rows, n - r0);
         float* lg = w.logits.data();  // [rn, V]
-        matmul_fixed(w.xn.data() + size_t(r0) * H, rn, head, lg);
-#pragma omp parallel for schedule(static) if (rn > 1)
-        for (int i = 0; i < rn; ++i) {
+        matmul(w.xn.data() + size_t(r0) * H, rn, head, lg);
+        parallel_for_each(rn, [&](int64_t i) {
             float* row = lg + size_t(i) * V;
             const int y = tokens[r0 + i + 1];
             const float mx = *std::max_element(row, row + V);
@@ -207,7 +191,7 @@ double loss_backward(const Model& m, const int32_t* tokens, int T, const float* 
             // ∂L/∂logit_j = (softmax_j - [j = y]) / n
             for (int j = 0; j < V; ++j) row[j] = float(std::exp(double(row[j]) - lse) * inv_n);
             row[y] -= float(inv_n);
-        }
+        }, rn > 1);
         matmul_t(lg, rn, head, w.dxn.data() + size_t(r0) * H);
     }
     layers::rmsnorm_backward(x, m.final_norm_weight().data(), T, H, c.rms_norm_eps, w.dxn.data(), w.dx.data(),

@@ -16,8 +16,9 @@
 //   attention: datt = dx·W_o;  softmax·V and QKᵀ backward per head (GQA: the
 //             group's heads add into their kv head);  RoPE⁻¹ on dq, dk;
 //             dx += RMSNorm_in'ᵀ (dq·W_q + dk·W_k + dv·W_v)
-// Products go through matmul_fixed / matmul_t (model/matmul_t.h), whose blocks
-// do not depend on the thread count: results are bitwise reproducible.
+// The forward is the engine's decoder-layer forward (model/decoder_layer.h);
+// products go through matmul / matmul_t, whose blocks do not depend on the
+// thread count: results are bitwise reproducible.
 //
 // Memory. The residual stream at each layer input is always kept
 // ([L+1, T, H]); the rest of a layer's forward (x after attention, q, k, v, g,

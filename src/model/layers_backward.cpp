@@ -2,13 +2,13 @@
 #include <cmath>
 
 #include "model/backward.h"
+#include "model/parallel.h"
 
 namespace moefy::layers {
 
 void rmsnorm_backward(const float* x, const float* w, int T, int H, double eps, const float* dy, float* dx,
                       bool accumulate) {
-#pragma omp parallel for schedule(static) if (size_t(T) * size_t(H) > 4096)
-    for (int t = 0; t < T; ++t) {
+    parallel_for_each(T, [&](int64_t t) {
         const float* xt = x + size_t(t) * H;
         const float* dyt = dy + size_t(t) * H;
         double ss = 0.0, dot = 0.0;  // Σ x², Σ x ⊙ w ⊙ dy
@@ -23,7 +23,7 @@ void rmsnorm_backward(const float* x, const float* w, int T, int H, double eps, 
             for (int i = 0; i < H; ++i) dxt[i] += a * w[i] * dyt[i] - b * xt[i];
         else
             for (int i = 0; i < H; ++i) dxt[i] = a * w[i] * dyt[i] - b * xt[i];
-    }
+    }, size_t(T) * size_t(H) > 4096);
 }
 
 void rope_backward(float* dx, int T, int ld, int heads, int d, int pos0, const std::vector<float>& inv_freq) {
@@ -34,16 +34,17 @@ void rope_backward(float* dx, int T, int ld, int heads, int d, int pos0, const s
 }
 
 void swiglu_backward(const float* g, const float* u, const float* dh, size_t n, float* dg, float* du, float* h) {
-#pragma omp parallel for schedule(static) if (n > 4096)
-    for (size_t i = 0; i < n; ++i) {
+    parallel_for(int64_t(n), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
         const float e = 1.0f + std::exp(-g[i]);
         const float sg = 1.0f / e;
-        const float silu = g[i] / e;  // as the forward, so h is bitwise the forward's
+        const float silu = g[i] / e;
         const float d = dh[i];
         dg[i] = d * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
         if (h) h[i] = silu * u[i];
         du[i] = d * silu;
     }
+    }, n > 4096);
 }
 
 }  // namespace moefy::layers

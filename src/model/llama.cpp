@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/decoder_layer.h"
 #include "model/layers.h"
 #include "model/moe_ffn.h"
 #include "model/parallel.h"
@@ -190,35 +191,16 @@ void Model::run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, c
         const size_t I = size_t(c.intermediate_size);
         grow(w.g, size_t(T) * I), grow(w.u, size_t(T) * I), grow(w.h, size_t(T) * I);
     }
-    const layers::AttnShape shape{c.num_heads, c.num_kv_heads, D, c.sliding_window};
-
     gather_rows(embed_, tokens, T, x);  // x: [T, H]
+    const LayerBuffers buf{xn, q, att, w.g.data(), w.u.data(), w.h.data(), &w.moe, nullptr};
     for (int l = 0; l < c.num_layers; ++l) {
-        const LayerWeights& L = layers_[size_t(l)];
-        // Attention: k, v go straight into the cache rows of these positions.
-        layers::rmsnorm(x, L.input_norm.data(), T, H, c.rms_norm_eps, xn);
-        float* kd = cache ? cache->k_at(l, pos0) : w.k.data();
-        float* vd = cache ? cache->v_at(l, pos0) : w.v.data();
-        matmul_multi(xn, T, {{&L.q, q}, {&L.k, kd}, {&L.v, vd}});
-        layers::rope(q, T, Qd, c.num_heads, D, pos0, inv_freq_);
-        layers::rope(kd, T, KVd, c.num_kv_heads, D, pos0, inv_freq_);
+        // k, v go straight into the cache rows of these positions
+        LayerKV kv;
         if (cache)
-            layers::attention(shape, q, T, pos0, cache->k_at(l, 0), cache->v_at(l, 0), pos0 + T, 0, att);
+            kv = {cache->k_at(l, pos0), cache->v_at(l, pos0), cache->k_at(l, 0), cache->v_at(l, 0), pos0 + T, 0};
         else
-            layers::attention(shape, q, T, pos0, kd, vd, T, pos0, att);
-        matmul(att, T, L.o, x, /*accumulate=*/true);
-
-        // FFN on the post-attention-normed stream, added into x.
-        layers::rmsnorm(x, L.post_norm.data(), T, H, c.rms_norm_eps, xn);
-        if (L.is_moe) {
-            moe_ffn(c, l, L.moe, xn, T, x, hooks, w.moe);
-        } else {
-            float *g = w.g.data(), *u = w.u.data(), *h = w.h.data();
-            layers::swiglu_hidden(L.ffn, xn, T, g, u, h);
-            if (hooks.ffn && hooks.ffn->wants(l))
-                hooks.ffn->on_ffn(l, FfnActs{l, T, H, xn, -1, false, T, nullptr, nullptr, L.ffn.width(), g, u, h});
-            matmul(h, T, L.ffn.down, x, /*accumulate=*/true);
-        }
+            kv = {w.k.data(), w.v.data(), w.k.data(), w.v.data(), T, pos0};
+        decoder_layer_forward(c, l, layers_[size_t(l)], inv_freq_, x, T, pos0, kv, buf, hooks);
     }
     if (cache) cache->n = pos0 + T;
 }

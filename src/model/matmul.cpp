@@ -9,6 +9,8 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "model/ops/gemm_bf16.h"
+#include "model/ops/kernel_path.h"
 #include "model/parallel.h"
 
 namespace moefy {
@@ -28,36 +30,7 @@ constexpr int64_t kMaxBlockElems = int64_t(1) << 22;
 constexpr int64_t kParallelMinWork = int64_t(1) << 18;
 constexpr int64_t kGemmParallelMinWork = int64_t(1) << 24;
 
-// ---- dtype -> f32 over a contiguous run --------------------------------------
-
-void bf16_run_to_f32(const uint16_t* s, float* d, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX2__)
-    for (; i + 8 <= n; i += 8) {
-        __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
-        __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
-        _mm256_storeu_ps(d + i, _mm256_castsi256_ps(w));
-    }
-#endif
-    for (; i < n; ++i) d[i] = bf16_to_f32(s[i]);
-}
-
-void f16_run_to_f32(const uint16_t* s, float* d, int64_t n) {
-    int64_t i = 0;
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-#endif
-    for (; i < n; ++i) d[i] = f16_to_f32(s[i]);
-}
-
-void run_to_f32(DType t, const void* src, float* dst, int64_t n) {
-    switch (t) {
-        case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
-        case DType::BF16: bf16_run_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
-        case DType::F16: f16_run_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
-    }
-}
+void run_to_f32(DType t, const void* src, float* dst, int64_t n) { to_f32(t, src, dst, size_t(n)); }
 
 // ---- direct kernel: dot(x[K], w[K]) with w in its stored dtype ----------------
 
@@ -211,6 +184,11 @@ void sgemm_xwt(const float* x, int T, const float* w, int64_t n, int64_t K, floa
 // threads get equal shares.
 void matmul_gemm(const float* x, int T, const WeightRef& W, float* y, bool accumulate) {
     const int64_t N = W.rows, K = W.cols;
+    const ops::KernelPath path = ops::kernel_path();
+    if (W.dtype == DType::BF16 && path != ops::KernelPath::Sgemm) {
+        ops::gemm_bf16(path, x, T, static_cast<const uint16_t*>(W.data), N, K, y, N, accumulate);
+        return;
+    }
     const int64_t cap = std::max<int64_t>(16, kMaxBlockElems / K);  // rows per block
     // 2 blocks for small weights (less re-packing of x), else a multiple of 4
     const int64_t unit = N * K >= (int64_t(1) << 20) ? 4 : 2;
@@ -247,7 +225,14 @@ BlasSingleThread::~BlasSingleThread() {
 WeightRef weight_ref(const TensorView& v) { return {v.data, v.dtype, v.rows(), v.cols()}; }
 
 namespace {
-bool use_direct(int T, const WeightRef& W) { return T < (W.dtype == DType::F32 ? 2 : kGemmMinTokens); }
+// Own BF16 micro-kernels pack W per call (a pass over W next to T passes of
+// compute), so they take over from the direct kernel at fewer tokens than sgemm.
+constexpr int kOwnGemmMinTokens = 8;
+bool use_direct(int T, const WeightRef& W) {
+    if (W.dtype == DType::F32) return T < 2;
+    if (W.dtype == DType::BF16 && ops::kernel_path() != ops::KernelPath::Sgemm) return T < kOwnGemmMinTokens;
+    return T < kGemmMinTokens;
+}
 }  // namespace
 
 void matmul(const float* x, int T, const WeightRef& W, float* y, bool accumulate) {

@@ -1,17 +1,21 @@
 #pragma once
 // Every matrix product of the engine goes through here: y = x · Wᵀ with W a
 // row-major [N, K] Hugging Face weight kept in its stored dtype (F32, F16, BF16,
-// usually inside a memory mapping). Compute is f32.
+// usually inside a memory mapping). Compute is f32 accumulation.
 //
-//   T large    -> W is cut into row blocks (depending only on N, K) that the
+//   T large, BF16 -> the kernel path's own micro-kernels (model/ops/gemm_bf16.h:
+//                 AMX, AVX512-BF16 or AVX2, chosen by model/ops/kernel_path.h)
+//                 on W packed per 64-row block; T >= 8.
+//   T large, else -> W is cut into row blocks (depending only on N, K) that the
 //                 engine threads share (model/parallel.h); each thread
 //                 converts its block (F16/BF16) into its own f32 buffer and
 //                 runs a single-threaded cblas_sgemm on it (F32 blocks go to
-//                 sgemm in place). The conversion is O(N·K) next to the
-//                 O(T·N·K) product. Results do not depend on the thread count.
+//                 sgemm in place). T >= 32 (F32: T >= 2).
 //   T small    -> a vectorised dot-product kernel that reads the stored dtype
 //                 directly (generation is bound by the bytes of W, so no
 //                 conversion pass), threads split the rows.
+// On every path each output element is one fixed sequence of operations:
+// results do not depend on the thread count.
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>

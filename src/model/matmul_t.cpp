@@ -5,7 +5,8 @@
 #include <vector>
 
 #include <cblas.h>
-#include <immintrin.h>
+
+#include "model/parallel.h"
 
 namespace moefy {
 
@@ -18,23 +19,6 @@ constexpr int64_t kMaxBlockElems = int64_t(1) << 21;
 constexpr int64_t kMinBlock = 64;
 // Blocks to aim for: enough for the threads of one socket to share.
 constexpr int64_t kMinBlocks = 8;
-
-// n elements of a BF16/F16 row segment -> f32.
-void half_to_f32(DType t, const uint16_t* s, float* d, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX2__) && defined(__F16C__)
-    if (t == DType::BF16) {
-        for (; i + 8 <= n; i += 8) {
-            __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
-            _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-        }
-    } else {
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-    }
-#endif
-    for (; i < n; ++i) d[i] = t == DType::BF16 ? bf16_to_f32(s[i]) : f16_to_f32(s[i]);
-}
 
 std::vector<float>& block_scratch() {
     thread_local std::vector<float> buf;
@@ -67,49 +51,20 @@ void matmul_t(const float* x, int T, const WeightRef& W, float* y, bool accumula
     const size_t es = dtype_size(W.dtype);
     const float beta = accumulate ? 1.0f : 0.0f;
     BlasSingleThread single;
-#pragma omp parallel for schedule(static) if (blocks > 1)
-    for (int64_t b = 0; b < blocks; ++b) {
+    parallel_for_each(blocks, [&](int64_t b) {
         const int64_t k0 = b * kb, n = std::min(kb, K - k0);
         const auto* base = static_cast<const uint8_t*>(W.data) + size_t(k0) * es;
         if (W.dtype == DType::F32) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, int(n), int(N), 1.0f, x, int(N),
                         reinterpret_cast<const float*>(base), int(K), beta, y + k0, int(K));
-            continue;
+            return;
         }
         std::vector<float>& buf = block_scratch();
         if (buf.size() < size_t(N * n)) buf.resize(size_t(N * n));
-        for (int64_t r = 0; r < N; ++r)
-            half_to_f32(W.dtype, reinterpret_cast<const uint16_t*>(base + size_t(r) * size_t(K) * es),
-                        buf.data() + size_t(r * n), n);
+        for (int64_t r = 0; r < N; ++r) to_f32(W.dtype, base + size_t(r) * size_t(K) * es, buf.data() + size_t(r * n), size_t(n));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, int(n), int(N), 1.0f, x, int(N), buf.data(), int(n),
                     beta, y + k0, int(K));
-    }
-}
-
-void matmul_fixed(const float* x, int T, const WeightRef& W, float* y, bool accumulate) {
-    const int64_t N = W.rows, K = W.cols;
-    if (T <= 0 || N == 0) return;
-    if (K == 0) {
-        if (!accumulate) std::fill(y, y + size_t(T) * size_t(N), 0.0f);
-        return;
-    }
-    const int64_t nb = block_size(N, K);
-    const int64_t blocks = (N + nb - 1) / nb;
-    const float beta = accumulate ? 1.0f : 0.0f;
-    BlasSingleThread single;
-#pragma omp parallel for schedule(static) if (blocks > 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t n0 = b * nb, n = std::min(nb, N - n0);
-        const float* wb = reinterpret_cast<const float*>(W.row_ptr(n0));
-        if (W.dtype != DType::F32) {
-            std::vector<float>& buf = block_scratch();
-            if (buf.size() < size_t(n * K)) buf.resize(size_t(n * K));
-            half_to_f32(W.dtype, reinterpret_cast<const uint16_t*>(W.row_ptr(n0)), buf.data(), n * K);
-            wb = buf.data();
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, int(n), int(K), 1.0f, x, int(K), wb, int(K), beta,
-                    y + n0, int(N));
-    }
+    }, blocks > 1);
 }
 
 }  // namespace moefy

@@ -6,7 +6,7 @@
 //
 // W is cut into column blocks of a width that depends only on (N, K), never on
 // the thread count (at least kMinBlocks of them when W is wide enough, so that
-// the threads have blocks to share); the OpenMP threads share the blocks, each converts its
+// the threads have blocks to share); the engine threads share the blocks, each converts its
 // block (F16/BF16) into its own f32 buffer [N, kb] and runs a single-threaded
 // cblas_sgemm on it (F32 blocks go to sgemm in place, strided). Every output
 // element is therefore produced by the same sgemm call whatever the number of
@@ -18,11 +18,5 @@ namespace moefy {
 
 // y[T, K] = x[T, N] · W (+ y when accumulate), W: [N, K]. x and y are dense row-major.
 void matmul_t(const float* x, int T, const WeightRef& W, float* y, bool accumulate = false);
-
-// y[T, N] = x[T, K] · Wᵀ (+ y when accumulate): matmul() of model/matmul.h,
-// but W's row blocks depend only on (N, K), so the result is bitwise the same
-// for any thread count (matmul() cuts W by the thread count, and sgemm rounds
-// differently on differently shaped blocks). The backward's forward uses it.
-void matmul_fixed(const float* x, int T, const WeightRef& W, float* y, bool accumulate = false);
 
 }  // namespace moefy

@@ -123,21 +123,37 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
             if (sel[i] < -1 || sel[i] >= E) fail("layer {}: routing override chose expert {} of {}", layer, sel[i], E);
     }
 
-    // Token lists per expert, tokens ascending; a token choosing an expert twice
-    // (possible only through an override) gets the weights summed.
-    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
-    std::vector<std::vector<float>> roww(static_cast<size_t>(E));
-    for (int t = 0; t < T; ++t) {
+    // Token lists per expert, tokens ascending, in one scratch array by a
+    // counting sort: expert e's tokens are rows[off[e] .. off[e+1]). A token
+    // choosing an expert twice (possible only through an override) is listed
+    // once with the weights summed.
+    int32_t* off = grow(s.offsets, size_t(E) + 1);
+    int32_t* rows = grow(s.rows, size_t(T) * k);
+    float* roww = grow(s.roww, size_t(T) * k);
+    int32_t* slot = grow(s.slot, size_t(T) * k);  // [T, k] position in rows of each choice, -1: none
+    std::fill(off, off + E + 1, 0);
+    for (int t = 0; t < T; ++t)
         for (int j = 0; j < k; ++j) {
-            const int e = sel[size_t(t) * k + j];
-            if (e < 0) continue;
-            auto& r = rows[size_t(e)];
-            if (!r.empty() && r.back() == t) {
-                roww[size_t(e)].back() += w[size_t(t) * k + j];
-            } else {
-                r.push_back(t);
-                roww[size_t(e)].push_back(w[size_t(t) * k + j]);
+            const int32_t* st = sel + size_t(t) * k;
+            if (st[j] >= 0 && std::find(st, st + j, st[j]) == st + j) ++off[st[j] + 1];
+        }
+    for (int e = 0; e < E; ++e) off[e + 1] += off[e];
+    int32_t* cursor = grow(s.cursor, size_t(E));
+    std::copy(off, off + E, cursor);
+    for (int t = 0; t < T; ++t) {
+        const int32_t* st = sel + size_t(t) * k;
+        int32_t* sl = slot + size_t(t) * k;
+        for (int j = 0; j < k; ++j) {
+            const float wj = w[size_t(t) * k + j];
+            sl[j] = -1;
+            if (st[j] < 0) continue;
+            const int32_t* first = std::find(st, st + j, st[j]);
+            if (first != st + j) {
+                roww[sl[first - st]] += wj;
+                continue;
             }
+            const int32_t pos = cursor[st[j]]++;
+            rows[pos] = t, roww[pos] = wj, sl[j] = pos;
         }
     }
     if (hooks.routing) {
@@ -146,7 +162,7 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
         if (st.tokens.size() < size_t(cfg.num_layers)) st.tokens.resize(size_t(cfg.num_layers));
         auto& c = st.counts[size_t(layer)];
         if (c.size() < size_t(E)) c.resize(size_t(E));
-        for (int e = 0; e < E; ++e) c[size_t(e)] += int64_t(rows[size_t(e)].size());
+        for (int e = 0; e < E; ++e) c[size_t(e)] += int64_t(off[e + 1] - off[e]);
         st.tokens[size_t(layer)] += T;
     }
 
@@ -158,21 +174,21 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
     float* xg = grow(s.xg, size_t(T) * H);
 
     for (int e = 0; e < E; ++e) {
-        const auto& r = rows[size_t(e)];
-        const int n = int(r.size());
+        const int32_t* r = rows + off[e];
+        const int n = off[e + 1] - off[e];
         if (n == 0) continue;
         const FfnWeights& f = mw.experts[size_t(e)];
         // xg: [n, H] the FFN inputs of this expert's tokens
         parallel_for_each(
-            n, [&](int64_t i) { std::copy_n(xf + size_t(r[size_t(i)]) * H, H, xg + size_t(i) * H); }, n * H >= (1 << 16));
+            n, [&](int64_t i) { std::copy_n(xf + size_t(r[i]) * H, H, xg + size_t(i) * H); }, n * H >= (1 << 16));
         layers::swiglu_hidden(f, xg, n, g, u, h);
-        notify(hooks, {layer, T, H, xf, e, false, n, r.data(), roww[size_t(e)].data(), f.width(), g, u, h});
+        notify(hooks, {layer, T, H, xf, e, false, n, r, roww + off[e], f.width(), g, u, h});
         matmul(h, n, f.down, y);
-        const float* wt = roww[size_t(e)].data();
+        const float* wt = roww + off[e];
         parallel_for_each(
             n,
             [&](int64_t i) {
-                float* xr = x_resid + size_t(r[size_t(i)]) * H;
+                float* xr = x_resid + size_t(r[i]) * H;
                 const float* yi = y + size_t(i) * H;
                 for (int c = 0; c < H; ++c) xr[c] += wt[i] * yi[c];
             },
@@ -199,13 +215,13 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
             for (int i = 0; i < R; ++i) st[i] = float(std::exp(double(st[i] - mx)) / z) * m.shared_scale;
         }
     }
-    std::vector<float> col(sw ? size_t(T) : 0);
+    float* col = sw ? grow(s.col, size_t(T)) : nullptr;
     for (int i = 0; i < R; ++i) {
         const FfnWeights& f = mw.shared[size_t(i)];
         layers::swiglu_hidden(f, xf, T, g, u, h);
         if (sw)
-            for (int t = 0; t < T; ++t) col[size_t(t)] = sw[size_t(t) * R + i];
-        notify(hooks, {layer, T, H, xf, i, true, T, nullptr, sw ? col.data() : nullptr, f.width(), g, u, h});
+            for (int t = 0; t < T; ++t) col[t] = sw[size_t(t) * R + i];
+        notify(hooks, {layer, T, H, xf, i, true, T, nullptr, col, f.width(), g, u, h});
         if (!sw) {
             matmul(h, T, f.down, x_resid, /*accumulate=*/true);
             continue;
@@ -214,7 +230,7 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
         parallel_for_each(
             T,
             [&](int64_t t) {
-                for (int c = 0; c < H; ++c) x_resid[size_t(t) * H + c] += col[size_t(t)] * y[size_t(t) * H + c];
+                for (int c = 0; c < H; ++c) x_resid[size_t(t) * H + c] += col[t] * y[size_t(t) * H + c];
             },
             T * H >= (1 << 16));
     }

@@ -31,9 +31,11 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
              const RunHooks& hooks, MoEScratch& s);
 
 struct MoEScratch {
-    std::vector<float> logits, router_tmp, w, xg, g, u, h, y, mass, sw;
-    std::vector<int32_t> sel, rows;
-    std::vector<float> roww;
+    std::vector<float> logits, router_tmp, w, xg, g, u, h, y, mass, sw, col;
+    std::vector<int32_t> sel;
+    // tokens grouped per expert (counting sort), reused across calls
+    std::vector<int32_t> offsets, cursor, rows, slot;  // [E+1], [E], [T·k], [T·k]
+    std::vector<float> roww;                           // [T·k] combine weight of each row
 };
 
 }  // namespace moefy

@@ -1,5 +1,6 @@
 #include "model/parallel.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -49,18 +50,22 @@ public:
     }
     int size() const { return n_; }
 
+    int limit = 0;  // 0: all n_ threads
+
     void run(const std::function<void(int, int)>& fn) {
         std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-        if (!lock.owns_lock() || n_ == 1) {
+        const int P = limit > 0 ? std::min(limit, n_) : n_;
+        if (!lock.owns_lock() || P == 1) {
             fn(0, 1);
             return;
         }
         job_ = &fn;
+        active_ = P;
         pending_.store(n_ - 1, std::memory_order_release);
         gen_.fetch_add(1, std::memory_order_acq_rel);
         gen_.notify_all();
         t_in_pool = true;
-        fn(0, n_);
+        fn(0, P);
         t_in_pool = false;
         for (int left = pending_.load(std::memory_order_acquire); left != 0; left = pending_.load(std::memory_order_acquire))
             wait_while_equal(pending_, left);
@@ -75,7 +80,7 @@ private:
             wait_while_equal(gen_, seen);
             seen = gen_.load(std::memory_order_acquire);
             if (stop_) return;
-            (*job_)(idx, n_);
+            if (idx < active_) (*job_)(idx, active_);
             if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
         }
     }
@@ -86,6 +91,7 @@ private:
     std::atomic<uint32_t> gen_{0};
     std::atomic<int> pending_{0};
     const std::function<void(int, int)>* job_ = nullptr;
+    int active_ = 0;  // threads of the current job; the others only check in
     std::atomic<bool> stop_{false};
 };
 
@@ -96,7 +102,13 @@ Pool& pool() {
 
 }  // namespace
 
-int parallel_threads() { return pool().size(); }
+int parallel_threads() {
+    Pool& p = pool();
+    return p.limit > 0 ? std::min(p.limit, p.size()) : p.size();
+}
+
+ScopedThreadLimit::ScopedThreadLimit(int n) : prev_(pool().limit) { pool().limit = std::max(1, n); }
+ScopedThreadLimit::~ScopedThreadLimit() { pool().limit = prev_; }
 
 void parallel_run(const std::function<void(int, int)>& fn, bool parallel) {
     if (!parallel || t_in_pool) {

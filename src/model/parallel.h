@@ -4,6 +4,9 @@
 // every barrier, which on an oversubscribed machine (tests and builds running
 // beside us on 2 cores) burns whole time slices: measured 5 vs 180 tokens/s
 // decoding the demo model. Thread count: OMP_NUM_THREADS, else the CPU count.
+// This pool is the engine's one thread runtime: every parallel loop of
+// src/model (products, attention, norms, the backward) runs on it, and
+// OpenBLAS is only ever called single-threaded from inside it.
 //
 // Bodies must not throw. A call from inside a running body (nested), or while
 // another thread owns the pool, runs serially on the calling thread.
@@ -13,6 +16,20 @@
 namespace moefy {
 
 int parallel_threads();
+
+// While alive, parallel runs use at most n threads (n >= 1): the tests of
+// thread-count independence, and MPI ranks sharing a machine. Construct it
+// outside parallel regions; not thread safe.
+class ScopedThreadLimit {
+public:
+    explicit ScopedThreadLimit(int n);
+    ~ScopedThreadLimit();
+    ScopedThreadLimit(const ScopedThreadLimit&) = delete;
+    ScopedThreadLimit& operator=(const ScopedThreadLimit&) = delete;
+
+private:
+    int prev_;
+};
 
 // Runs fn(thread, nthreads) once per thread, thread = 0..nthreads-1 (the
 // caller is thread 0), and returns when all are done. parallel = false runs

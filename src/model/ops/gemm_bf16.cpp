@@ -1,0 +1,456 @@
+#include "model/ops/gemm_bf16.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+#include "io/dtype.h"
+#include "model/parallel.h"
+
+namespace moefy::ops {
+
+namespace {
+
+constexpr int kPanel = 16;                      // rows per panel
+constexpr int kPanels = int(kBlockRows / kPanel);  // panels per block
+// Products with fewer multiply-adds stay on one thread.
+constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+
+template <typename T>
+T* grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
+
+// Rows [n0, n0 + rows) of W [N, K] -> panels of [KP][16] 32-bit pairs (KP >=
+// (K+1)/2); rows past `rows`, the pad element of an odd K and pairs past K are
+// zero. panels: how many to write (at least enough for `rows`).
+void pack_block(const uint16_t* W, int64_t n0, int64_t rows, int64_t K, int64_t KP, uint32_t* dst, int panels = 0) {
+    const int64_t full = K / 2;
+    panels = std::max(panels, int((rows + kPanel - 1) / kPanel));
+    for (int p = 0; p < panels; ++p) {
+        uint32_t* P = dst + size_t(p) * size_t(KP) * kPanel;
+        const int64_t r0 = n0 + int64_t(p) * kPanel;
+        const int nr = int(std::clamp<int64_t>(n0 + rows - r0, 0, kPanel));
+        if (nr < kPanel || KP > (K + 1) / 2) std::memset(P, 0, size_t(KP) * kPanel * 4);
+        // tiles of 16 pairs so that the 16 strided writes stay in L1
+        for (int64_t k0 = 0; k0 < full; k0 += 16) {
+            const int64_t k1 = std::min(full, k0 + 16);
+            for (int j = 0; j < nr; ++j) {
+                const uint16_t* row = W + size_t(r0 + j) * size_t(K);
+                for (int64_t kp = k0; kp < k1; ++kp) {
+                    uint32_t v;
+                    std::memcpy(&v, row + 2 * kp, 4);
+                    P[size_t(kp) * kPanel + j] = v;
+                }
+            }
+        }
+        if (K % 2 != 0)
+            for (int j = 0; j < nr; ++j) P[size_t(full) * kPanel + j] = W[size_t(r0 + j) * size_t(K) + size_t(K - 1)];
+    }
+}
+
+std::vector<uint32_t>& pack_scratch() {
+    thread_local std::vector<uint32_t> buf;
+    return buf;
+}
+
+// ---- AVX512-BF16 -------------------------------------------------------------------
+
+#define MOEFY_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+// x [K] f32 -> `terms` rows of KPa BF16 pairs (pairs past K zero):
+// t0 = bf16(x), t1 = bf16(x - t0), t2 = bf16(x - t0 - t1). Three terms hold
+// all 24 bits of a normal f32, so Σ_j W·t_j is the f32 product (each BF16 x
+// BF16 product is exact in f32).
+MOEFY_AVX512BF16 inline __m512 bf16_lanes_to_f32(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+MOEFY_AVX512BF16 void to_bf16_terms(const float* x, int64_t K, int64_t KPa, int terms, uint32_t* const* out) {
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+        for (int j = 0; j < terms; ++j) {
+            const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+            _mm512_storeu_si512(out[j] + k / 2, h);
+            a = _mm512_sub_ps(a, bf16_lanes_to_f32(_mm512_castsi512_si256(h)));
+            b = _mm512_sub_ps(b, bf16_lanes_to_f32(_mm512_extracti64x4_epi64(h, 1)));
+        }
+    }
+    for (; k < 2 * KPa; k += 2) {
+        float a = k < K ? x[k] : 0.0f, b = k + 1 < K ? x[k + 1] : 0.0f;
+        for (int j = 0; j < terms; ++j) {
+            const uint16_t ha = f32_to_bf16(a), hb = f32_to_bf16(b);
+            out[j][k / 2] = uint32_t(ha) | uint32_t(hb) << 16;
+            a -= bf16_to_f32(ha), b -= bf16_to_f32(hb);
+        }
+    }
+}
+
+// y[MR, NP·16] (+)= x[MR rows of KP pairs] · panels; cols: valid columns (≤ NP·16).
+template <int MR, int NP, int TERMS>
+MOEFY_AVX512BF16 void kernel_avx512(const uint32_t* const* xt, int64_t ldx, const uint32_t* P, int64_t KP, float* y,
+                                    int64_t ldy, int cols, bool accumulate) {
+    __m512 acc[MR][NP];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_setzero_ps();
+    const size_t pstride = size_t(KP) * kPanel;
+    for (int64_t kp = 0; kp < KP; ++kp) {
+        __m512bh w[NP];
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p) w[p] = (__m512bh)_mm512_loadu_si512(P + p * pstride + size_t(kp) * kPanel);
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 3
+            for (int j = 0; j < TERMS; ++j) {
+                const __m512bh b = (__m512bh)_mm512_set1_epi32(int(xt[j][m * ldx + kp]));
+#pragma GCC unroll 4
+                for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_dpbf16_ps(acc[m][p], w[p], b);
+            }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p) {
+            const int c = cols - p * kPanel;
+            if (c <= 0) break;
+            const __mmask16 mask = c >= 16 ? __mmask16(0xffff) : __mmask16((1u << c) - 1);
+            float* out = y + m * ldy + p * kPanel;
+            __m512 v = acc[m][p];
+            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+            _mm512_mask_storeu_ps(out, mask, v);
+        }
+}
+
+using Avx512Kernel = void (*)(const uint32_t* const*, int64_t, const uint32_t*, int64_t, float*, int64_t, int, bool);
+
+template <int MR, int TERMS>
+Avx512Kernel pick_np(int np) {
+    switch (np) {
+        case 1: return kernel_avx512<MR, 1, TERMS>;
+        case 2: return kernel_avx512<MR, 2, TERMS>;
+        case 3: return kernel_avx512<MR, 3, TERMS>;
+        default: return kernel_avx512<MR, 4, TERMS>;
+    }
+}
+template <int TERMS>
+Avx512Kernel pick_mr(int mr, int np) {
+    switch (mr) {
+        case 1: return pick_np<1, TERMS>(np);
+        case 2: return pick_np<2, TERMS>(np);
+        case 3: return pick_np<3, TERMS>(np);
+        case 4: return pick_np<4, TERMS>(np);
+        case 5: return pick_np<5, TERMS>(np);
+        default: return pick_np<6, TERMS>(np);
+    }
+}
+Avx512Kernel pick_avx512(int terms, int mr, int np) { return terms == 1 ? pick_mr<1>(mr, np) : pick_mr<3>(mr, np); }
+constexpr int kMrAvx512 = 6;
+
+// The activation terms of one call, [terms][Tpad, KPa]; used only by the
+// calling (pool owner) thread, filled in parallel.
+struct ActTerms {
+    std::vector<uint32_t> buf;
+    uint32_t* t[3] = {};
+};
+ActTerms& act_scratch() {
+    static ActTerms s;
+    return s;
+}
+
+// Converts x [T, K] into `terms` BF16 pair rows [Tpad, KPa] (rows past T zero).
+const uint32_t* const* convert_activations(const float* x, int T, int Tpad, int64_t K, int64_t KPa, int terms, bool par) {
+    ActTerms& s = act_scratch();
+    const size_t per = size_t(Tpad) * size_t(KPa);
+    uint32_t* base = grow(s.buf, per * size_t(terms));
+    for (int j = 0; j < terms; ++j) s.t[j] = base + per * size_t(j);
+    parallel_for_each(
+        Tpad,
+        [&](int64_t t) {
+            uint32_t* rows[3];
+            for (int j = 0; j < terms; ++j) rows[j] = s.t[j] + size_t(t) * size_t(KPa);
+            if (t < T)
+                to_bf16_terms(x + size_t(t) * size_t(K), K, KPa, terms, rows);
+            else
+                for (int j = 0; j < terms; ++j) std::fill(rows[j], rows[j] + KPa, 0u);
+        },
+        par && Tpad > 1);
+    return s.t;
+}
+
+int activation_terms() { return exact_activations() ? 3 : 1; }
+
+void gemm_avx512(const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy, bool accumulate) {
+    const int64_t KP = (K + 1) / 2;
+    const int terms = activation_terms();
+    const bool par = int64_t(T) * N * K >= kParallelMinWork;
+    const uint32_t* const* xt = convert_activations(x, T, T, K, KP, terms, par);
+    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+    parallel_for_each(
+        blocks,
+        [&](int64_t b) {
+            const int64_t n0 = b * kBlockRows, rows = std::min(kBlockRows, N - n0);
+            const int np = int((rows + kPanel - 1) / kPanel);
+            uint32_t* P = grow(pack_scratch(), size_t(np) * size_t(KP) * kPanel);
+            pack_block(W, n0, rows, K, KP, P);
+            for (int m0 = 0; m0 < T; m0 += kMrAvx512) {
+                const int mr = std::min(kMrAvx512, T - m0);
+                const uint32_t* xm[3];
+                for (int j = 0; j < terms; ++j) xm[j] = xt[j] + size_t(m0) * size_t(KP);
+                pick_avx512(terms, mr, np)(xm, KP, P, KP, y + size_t(m0) * ldy + n0, ldy, int(rows), accumulate);
+            }
+        },
+        par && blocks > 1);
+}
+
+// ---- AMX-BF16 ------------------------------------------------------------------------
+
+#define MOEFY_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
+
+struct TileConfig {
+    uint8_t palette = 1, start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// C tiles 0-3: [2 row tiles][2 column tiles] of 16 x 16 f32; A tiles 4-5
+// (16 rows x 32 k of x), B tiles 6-7 (16 pairs x 16 columns: one panel's
+// rows kc..kc+16). Every tile is 16 rows x 64 bytes.
+MOEFY_AMX void amx_configure() {
+    TileConfig c;
+    for (int i = 0; i < 8; ++i) c.rows[i] = 16, c.colsb[i] = 64;
+    _tile_loadconfig(&c);
+}
+
+// y rows m0..m0+32 (those < T) x the block's columns: x terms [.., KPa] pairs,
+// block of 4 panels [4][KPa][16].
+MOEFY_AMX void amx_block(const uint32_t* const* xt, int terms, int m0, int T, int64_t KPa, const uint32_t* P, float* y,
+                         int64_t ldy, int cols, bool accumulate) {
+    alignas(64) float c[32 * 32];
+    const size_t xs = size_t(KPa) * 4;  // A row stride in bytes
+    for (int pp = 0; pp < kPanels; pp += 2) {
+        if (pp * kPanel >= cols) break;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const uint32_t* B0 = P + size_t(pp) * size_t(KPa) * kPanel;
+        const uint32_t* B1 = B0 + size_t(KPa) * kPanel;
+        for (int64_t kc = 0; kc < KPa; kc += 16) {
+            _tile_loadd(6, B0 + size_t(kc) * kPanel, 64);
+            _tile_loadd(7, B1 + size_t(kc) * kPanel, 64);
+            for (int j = 0; j < terms; ++j) {
+                const uint32_t* A = xt[j] + size_t(m0) * size_t(KPa) + size_t(kc);
+                _tile_loadd(4, A, xs);
+                _tile_loadd(5, A + 16 * size_t(KPa), xs);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        _tile_stored(0, c, 128);
+        _tile_stored(1, c + 16, 128);
+        _tile_stored(2, c + 16 * 32, 128);
+        _tile_stored(3, c + 16 * 32 + 16, 128);
+        const int nc = std::min(32, cols - pp * kPanel), nr = std::min(32, T - m0);
+        for (int r = 0; r < nr; ++r) {
+            float* out = y + size_t(m0 + r) * size_t(ldy) + pp * kPanel;
+            const float* src = c + r * 32;
+            if (accumulate)
+                for (int i = 0; i < nc; ++i) out[i] += src[i];
+            else
+                std::memcpy(out, src, size_t(nc) * 4);
+        }
+    }
+}
+
+MOEFY_AMX void amx_release() { _tile_release(); }
+
+void gemm_amx(const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy, bool accumulate) {
+    const int64_t KPa = ((K + 1) / 2 + 15) / 16 * 16;  // pairs, padded to whole tiles
+    const int Tpad = (T + 31) / 32 * 32;
+    const int terms = activation_terms();
+    const bool par = int64_t(T) * N * K >= kParallelMinWork;
+    const uint32_t* const* xt = convert_activations(x, T, Tpad, K, KPa, terms, par);
+    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+    parallel_run(
+        [&](int th, int P) {
+            amx_configure();
+            for (int64_t b = blocks * th / P; b < blocks * (th + 1) / P; ++b) {
+                const int64_t n0 = b * kBlockRows, rows = std::min(kBlockRows, N - n0);
+                uint32_t* Pk = grow(pack_scratch(), size_t(kPanels) * size_t(KPa) * kPanel);
+                pack_block(W, n0, rows, K, KPa, Pk, kPanels);
+                for (int m0 = 0; m0 < T; m0 += 32) amx_block(xt, terms, m0, T, KPa, Pk, y + n0, ldy, int(rows), accumulate);
+            }
+            amx_release();
+        },
+        par && blocks > 1);
+}
+
+// ---- AVX2 / FMA ---------------------------------------------------------------------
+
+#define MOEFY_AVX2 __attribute__((target("avx2,fma")))
+
+// y[MR, 16] (+)= x[MR, 2·KP] (f32, row stride ldx) · one panel.
+template <int MR>
+MOEFY_AVX2 void kernel_avx2(const float* x, int64_t ldx, const uint32_t* P, int64_t KP, float* y, int64_t ldy, int cols,
+                            bool accumulate) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) acc[m][0] = _mm256_setzero_ps(), acc[m][1] = _mm256_setzero_ps();
+    const __m256i odd_mask = _mm256_set1_epi32(int(0xffff0000u));
+    for (int64_t kp = 0; kp < KP; ++kp) {
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + size_t(kp) * kPanel));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + size_t(kp) * kPanel + 8));
+        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, odd_mask));
+        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, odd_mask));
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+            const __m256 a = _mm256_broadcast_ss(x + m * ldx + 2 * kp), b = _mm256_broadcast_ss(x + m * ldx + 2 * kp + 1);
+            acc[m][0] = _mm256_fmadd_ps(o0, b, _mm256_fmadd_ps(e0, a, acc[m][0]));
+            acc[m][1] = _mm256_fmadd_ps(o1, b, _mm256_fmadd_ps(e1, a, acc[m][1]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+        float* out = y + m * ldy;
+        if (cols >= 16) {
+            __m256 r0 = acc[m][0], r1 = acc[m][1];
+            if (accumulate) r0 = _mm256_add_ps(r0, _mm256_loadu_ps(out)), r1 = _mm256_add_ps(r1, _mm256_loadu_ps(out + 8));
+            _mm256_storeu_ps(out, r0);
+            _mm256_storeu_ps(out + 8, r1);
+        } else {
+            alignas(32) float tmp[16];
+            _mm256_store_ps(tmp, acc[m][0]);
+            _mm256_store_ps(tmp + 8, acc[m][1]);
+            for (int c = 0; c < cols; ++c) out[c] = accumulate ? out[c] + tmp[c] : tmp[c];
+        }
+    }
+}
+
+using Avx2Kernel = void (*)(const float*, int64_t, const uint32_t*, int64_t, float*, int64_t, int, bool);
+Avx2Kernel pick_avx2(int mr) {
+    switch (mr) {
+        case 1: return kernel_avx2<1>;
+        case 2: return kernel_avx2<2>;
+        case 3: return kernel_avx2<3>;
+        default: return kernel_avx2<4>;
+    }
+}
+constexpr int kMrAvx2 = 4;
+
+std::vector<float>& padded_x() {
+    static std::vector<float> v;  // used only by the calling thread
+    return v;
+}
+
+void gemm_avx2(const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy, bool accumulate) {
+    const int64_t KP = (K + 1) / 2;
+    int64_t ldx = K;
+    if (K % 2 != 0) {  // the kernel reads x in pairs: pad each row with a zero
+        float* xp = grow(padded_x(), size_t(T) * size_t(2 * KP));
+        for (int t = 0; t < T; ++t) {
+            std::copy_n(x + size_t(t) * K, K, xp + size_t(t) * 2 * KP);
+            xp[size_t(t) * 2 * KP + K] = 0.0f;
+        }
+        x = xp, ldx = 2 * KP;
+    }
+    const bool par = int64_t(T) * N * K >= kParallelMinWork;
+    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+    parallel_for_each(
+        blocks,
+        [&](int64_t b) {
+            const int64_t n0 = b * kBlockRows, rows = std::min(kBlockRows, N - n0);
+            const int np = int((rows + kPanel - 1) / kPanel);
+            uint32_t* P = grow(pack_scratch(), size_t(np) * size_t(KP) * kPanel);
+            pack_block(W, n0, rows, K, KP, P);
+            for (int m0 = 0; m0 < T; m0 += kMrAvx2) {
+                const int mr = std::min(kMrAvx2, T - m0);
+                const Avx2Kernel k = pick_avx2(mr);
+                for (int p = 0; p < np; ++p)
+                    k(x + size_t(m0) * ldx, ldx, P + size_t(p) * size_t(KP) * kPanel, KP,
+                      y + size_t(m0) * ldy + n0 + p * kPanel, ldy, int(std::min<int64_t>(kPanel, rows - p * kPanel)),
+                      accumulate);
+            }
+        },
+        par && blocks > 1);
+}
+
+}  // namespace
+
+void gemm_bf16(KernelPath path, const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy,
+               bool accumulate) {
+    if (T <= 0 || N <= 0) return;
+    switch (path) {
+        case KernelPath::Amx: gemm_amx(x, T, W, N, K, y, ldy, accumulate); return;
+        case KernelPath::Avx512Bf16: gemm_avx512(x, T, W, N, K, y, ldy, accumulate); return;
+        case KernelPath::Avx2: gemm_avx2(x, T, W, N, K, y, ldy, accumulate); return;
+        case KernelPath::Sgemm: break;
+    }
+    fail("gemm_bf16: kernel path {} has no BF16 micro-kernel", kernel_path_name(path));
+}
+
+MOEFY_AVX512BF16 double bf16_dot_peak_gflops(double seconds) {
+    if (!cpu_supports(KernelPath::Avx512Bf16)) return 0.0;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
+    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), w = (__m512bh)_mm512_set1_epi32(0x3c003c00);
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    int64_t iters = 0;
+    double dt = 0;
+    do {
+        for (int i = 0; i < 100000; ++i) {
+            a0 = _mm512_dpbf16_ps(a0, x, w), a1 = _mm512_dpbf16_ps(a1, x, w), a2 = _mm512_dpbf16_ps(a2, x, w);
+            a3 = _mm512_dpbf16_ps(a3, x, w), a4 = _mm512_dpbf16_ps(a4, x, w), a5 = _mm512_dpbf16_ps(a5, x, w);
+            a6 = _mm512_dpbf16_ps(a6, x, w), a7 = _mm512_dpbf16_ps(a7, x, w), a8 = _mm512_dpbf16_ps(a8, x, w);
+            a9 = _mm512_dpbf16_ps(a9, x, w);
+            asm volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9));
+        }
+        iters += 100000;
+        dt = std::chrono::duration<double>(clock::now() - t0).count();
+    } while (dt < seconds);
+    volatile float sink = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), a9));
+    (void)sink;
+    return double(iters) * 10 * 64 / dt / 1e9;  // 16 lanes x 2 multiply-adds x 2 flops
+}
+
+MOEFY_AMX double amx_peak_loop(double seconds) {
+    amx_configure();
+    alignas(64) static const uint32_t ones[256] = {};
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, ones, 64);
+    _tile_loadd(5, ones, 64);
+    _tile_loadd(6, ones, 64);
+    _tile_loadd(7, ones, 64);
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    int64_t iters = 0;
+    double dt = 0;
+    do {
+        for (int i = 0; i < 10000; ++i) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        iters += 10000;
+        dt = std::chrono::duration<double>(clock::now() - t0).count();
+    } while (dt < seconds);
+    amx_release();
+    return double(iters) * 4 * 16 * 16 * 32 * 2 / dt / 1e9;
+}
+
+double amx_dot_peak_gflops(double seconds) { return cpu_supports(KernelPath::Amx) ? amx_peak_loop(seconds) : 0.0; }
+
+}  // namespace moefy::ops
