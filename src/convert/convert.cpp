@@ -242,6 +242,10 @@ private:
 
 }  // namespace
 
+convert::Context convert::make_convert_context(const Checkpoint& dense, const ExpertPlan& plan, const ConvertOptions& opt) {
+    return make_context(dense, plan, opt);
+}
+
 ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan, const std::string& out_dir,
                                  const ConvertOptions& opt, const ConvertProgress& progress) {
     const auto t0 = std::chrono::steady_clock::now();
