@@ -502,3 +502,71 @@ TEST(GgufDemo, Bf16AndQ8WithinTheirRounding) {
     const double q = d.nll(tmp.path + "/q8.gguf");
     EXPECT_LT(rel(q, a), 1e-2) << a << " " << q;  // 8-bit weights (steps of 1/127 of each block's max)
 }
+
+// ------------------------------------------------------------ tokenizers
+
+namespace {
+
+// A GGUF holding only `kv` (tokenizer keys).
+std::string write_kv_only(const std::string& path, std::vector<GgufKV> kv) {
+    write_gguf(path, kv, {}, [](size_t, ByteSink&) {});
+    return path;
+}
+
+std::vector<std::string> golden_texts() {
+    std::vector<std::string> t;
+    const auto j = nlohmann::json::parse(read_file(shared_path("fixtures/tokenizers/golden.json")));
+    for (const auto& c : j["cases"]) t.push_back(c["text"].get<std::string>());
+    return t;
+}
+
+}  // namespace
+
+TEST(GgufTokenizer, Llama3TokenizerJsonIsGpt2WithLlamaBpeAndRoundTrips) {
+    if (!shared_exists("fixtures/tokenizers/llama3-tokenizer.json")) GTEST_SKIP() << "fixtures/tokenizers not present";
+    TempDir tmp;
+    fs::copy_file(shared_path("fixtures/tokenizers/llama3-tokenizer.json"), tmp.path + "/tokenizer.json");
+    fs::copy_file(shared_path("fixtures/tokenizers/llama3-tokenizer_config.json"), tmp.path + "/tokenizer_config.json");
+    std::vector<GgufKV> kv;
+    const GgufVocabInfo info = append_gguf_tokenizer(tmp.path, 128256, kv);
+    EXPECT_EQ(info.model, "gpt2");
+    EXPECT_EQ(info.pre, "llama-bpe");
+    EXPECT_GT(info.merges, 280000u);
+    const std::string path = write_kv_only(tmp.path + "/t.gguf", kv);
+    GgufFile g = open_gguf(path);
+    EXPECT_EQ(g.get_str("tokenizer.ggml.pre"), "llama-bpe");
+    const auto& toks = g.get("tokenizer.ggml.tokens").strs;
+    const auto& types = g.get("tokenizer.ggml.token_type").ints;
+    ASSERT_EQ(toks.size(), 128256u);
+    EXPECT_EQ(toks[128000], "<|begin_of_text|>");
+    EXPECT_EQ(types[128000], 3);  // control
+    EXPECT_EQ(types[1000], 1);
+    EXPECT_EQ(g.get("tokenizer.ggml.merges").strs[0], "Ġ Ġ");
+    EXPECT_EQ(g.get_int("tokenizer.ggml.bos_token_id"), 128000);
+    auto a = Tokenizer::from_dir(tmp.path);
+    auto b = Tokenizer::from_dir(path);
+    for (const std::string& t : golden_texts()) EXPECT_EQ(a->encode(t, true), b->encode(t, true)) << t;
+}
+
+TEST(GgufTokenizer, SentencePieceIsRebuiltFromTheLlamaKeysAlone) {
+    // A GGUF from elsewhere has no embedded tokenizer.model: moefy rebuilds a
+    // SentencePiece model from tokens, scores and types (identity normalizer,
+    // BPE by score, as llama.cpp runs it) and must tokenize as the original.
+    if (!shared_exists("fixtures/tokenizers/llama2-tokenizer.model")) GTEST_SKIP() << "fixtures/tokenizers not present";
+    TempDir tmp;
+    fs::copy_file(shared_path("fixtures/tokenizers/llama2-tokenizer.model"), tmp.path + "/tokenizer.model");
+    std::vector<GgufKV> kv;
+    const GgufVocabInfo info = append_gguf_tokenizer(tmp.path, 32000, kv);
+    EXPECT_EQ(info.model, "llama");
+    std::vector<GgufKV> foreign;
+    for (GgufKV& e : kv)
+        if (e.key.rfind("moefy.", 0) != 0) foreign.push_back(e);
+    ASSERT_LT(foreign.size(), kv.size());
+    auto a = Tokenizer::from_dir(tmp.path);
+    auto b = Tokenizer::from_dir(write_kv_only(tmp.path + "/t.gguf", foreign));
+    EXPECT_EQ(b->vocab_size(), 32000);
+    for (const std::string& t : golden_texts()) {
+        EXPECT_EQ(a->encode(t, true), b->encode(t, true)) << t;
+        EXPECT_EQ(a->decode(a->encode(t, false)), b->decode(b->encode(t, false))) << t;
+    }
+}

@@ -9,6 +9,7 @@
 #include "cli/cli_common.h"
 #include "common/error.h"
 #include "convert/convert.h"
+#include "convert/gguf.h"
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
@@ -35,6 +36,31 @@ void print_report(const ConvertReport& r) {
                dtype_name(r.dtype), double(r.tensor_bytes) / 1e9, r.seconds);
 }
 
+void print_gguf_report(const GgufReport& g, bool uniform_flattened) {
+    const ConvertReport& r = g.convert;
+    if (r.num_experts == 0) {
+        fmt::print("wrote {}: GGUF {} (dense), {} layers, {} tensors ({}), {:.2f} GB in {:.1f} s\n", r.out_dir, g.arch,
+                   r.num_layers, r.tensors, g.type, double(r.tensor_bytes) / 1e9, r.seconds);
+    } else {
+        fmt::print("wrote {}: GGUF {}, {} layers x {} experts of width {}{} (top-{}, {}), {} tensors ({}), {:.2f} GB in {:.1f} s\n",
+                   r.out_dir, g.arch, r.num_layers, r.num_experts, g.expert_width,
+                   g.shared_count ? fmt::format(" + {} shared", g.shared_count) : "", r.top_k, scales_summary(r), r.tensors,
+                   g.type, double(r.tensor_bytes) / 1e9, r.seconds);
+        if (g.padded_neurons)
+            fmt::print("padding: {} zero neurons added over all layers so every expert stores width {} (exact: they add nothing)\n",
+                       g.padded_neurons, g.expert_width);
+        fmt::print("weighting in llama.cpp: {}\n",
+                   g.arch == "llama" ? "softmax over all experts, top-k, renormalised (as mixtral)"
+                                     : "softmax over all routed experts, top-k, not renormalised; shared experts summed (as deepseek)");
+        if (uniform_flattened)
+            fmt::print("uniform weighting: written as a flattened softmax (router x 2^-m, scale x {}): every weight within 0.1% "
+                       "of 1/{} by construction\n",
+                       g.arch == "llama" ? "k" : "E", g.arch == "llama" ? "k" : "E");
+    }
+    fmt::print("tokenizer: {}{}{}, {} tokens\n", g.vocab.model, g.vocab.pre.empty() ? "" : " (pre " + g.vocab.pre + ")",
+               g.vocab.chat_template ? ", chat template" : "", g.vocab.tokens);
+}
+
 }  // namespace
 
 MOEFY_COMMAND(40, [](CLI::App& app) {
@@ -51,9 +77,11 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Dense model directory (config.json + safetensors)")->required();
-    cmd->add_option("--plan", o->plan, "Expert plan (JSON, from moefy split)")->required();
-    cmd->add_option("--out", o->out, "Output model directory")->required();
-    cmd->add_option("--format", o->format, "Output layout: llama-moe | mixtral | deepseek")->capture_default_str();
+    cmd->add_option("--plan", o->plan, "Expert plan (JSON, from moefy split); optional with --format gguf (dense GGUF)");
+    cmd->add_option("--out", o->out, "Output model directory (--format gguf: the .gguf file)")->required();
+    cmd->add_option("--format", o->format,
+                    "Output layout: llama-moe | mixtral | deepseek | gguf (llama.cpp: llama arch, deepseek with shared experts)")
+        ->capture_default_str();
     cmd->add_option("--top-k", o->top_k, "Experts selected per token")->capture_default_str();
     cmd->add_option("--scale", o->scale,
                     "Routed output scale: auto (softmax: experts / top-k; uniform: 1), fit (per layer, on --calib text) "
@@ -72,7 +100,7 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
     cmd->add_option("--ctx", o->ctx, "Tokens per calibration window")->capture_default_str();
     cmd->add_option("--text-field", o->text_field, "JSONL field holding the calibration text (default: text, else content)");
     cmd->add_option("--gate", o->gate, "Router: mlp (Linear-tanh-Linear, llama-moe only) | linear [default: mlp for llama-moe, linear otherwise]");
-    cmd->add_option("--dtype", o->dtype, "Output dtype: same | bf16 | f16 | f32")->capture_default_str();
+    cmd->add_option("--dtype", o->dtype, "Output dtype: same | bf16 | f16 | f32 (gguf also q8_0)")->capture_default_str();
     cmd->add_option("--seed", o->seed, "Seed of the random router initialisation")->capture_default_str();
     cmd->add_flag("--force", o->force, "Replace an existing output directory");
     cmd->add_flag("--no-softmax", o->no_softmax, "llama-moe: weight experts by raw gate logits (gate_use_softmax false)");
@@ -82,10 +110,34 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         ->capture_default_str();
     cmd->callback([o] {
         ConvertOptions opt;
-        opt.format = parse_moe_format(o->format);
+        const bool gguf = o->format == "gguf";
+        GgufOptions gopt;
+        if (gguf) {
+            gopt.type = parse_gguf_type(o->dtype);
+            if (o->max_shard != "5GB") fail("--max-shard-size: a GGUF output is one file");
+        }
+        if (o->plan.empty() && !gguf) fail("--plan is required (only --format gguf converts a dense model without one)");
+        if (gguf && o->plan.empty()) {
+            if (std::filesystem::exists(o->out) && !o->force) fail("{}: output already exists (use --force to replace it)", o->out);
+            const Checkpoint dense = Checkpoint::open(o->model);
+            opt.force = o->force;
+            ProgressBar bar("convert");
+            const GgufReport r = convert_to_gguf(dense, nullptr, o->out, opt, gopt, [&](double done, double total) {
+                bar.update(done / 1e9, total / 1e9, "GB");
+            });
+            bar.finish();
+            print_gguf_report(r, false);
+            return;
+        }
+        if (gguf) {
+            // Routing semantics of the GGUF architecture the plan gets (see convert/gguf.h).
+            opt.format = gguf_routing_format(ExpertPlan::load(o->plan));
+        } else {
+            opt.format = parse_moe_format(o->format);
+        }
         opt.top_k = o->top_k;
         opt.gate = o->gate;
-        opt.dtype = parse_out_dtype(o->dtype);
+        if (!gguf) opt.dtype = parse_out_dtype(o->dtype);
         opt.seed = o->seed;
         opt.force = o->force;
         opt.gate_softmax = !o->no_softmax;
@@ -132,9 +184,14 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
                 fmt::print("routers: {} on {} calibration tokens per layer ({})\n", o->router, rb.calib_tokens, calib_path);
         }
         ProgressBar bar("convert");
-        const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, [&](double done, double total) {
-            bar.update(done / 1e9, total / 1e9, "GB");
-        });
+        auto on_progress = [&](double done, double total) { bar.update(done / 1e9, total / 1e9, "GB"); };
+        if (gguf) {
+            const GgufReport r = convert_to_gguf(dense, &plan, o->out, opt, gopt, on_progress);
+            bar.finish();
+            print_gguf_report(r, ro.weighting == Weighting::Uniform);
+            return;
+        }
+        const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, on_progress);
         bar.finish();
         print_report(r);
     });

@@ -294,8 +294,8 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
     const std::string a = rep.arch + ".";
     std::vector<GgufKV> kv;
     std::map<GgmlType, size_t> bytes_by_type;
-    for (const Recipe& r : outs)
-        if (r.spec.ne.size() > 1) bytes_by_type[r.spec.type] += r.spec.nbytes();
+    for (const Recipe& r : outs)  // weight matrices; norms and routers are always f32
+        if (r.spec.ne.size() > 1 && r.kind != Kind::Router) bytes_by_type[r.spec.type] += r.spec.nbytes();
     GgmlType main_type = GgmlType::F32;
     size_t most = 0;
     for (auto [t, n] : bytes_by_type)
