@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
         sync();
         warm(src);
         for (int r = 0; r < reps; ++r) {
+            sync();
             Run cp = run({"/bin/cp", src + "/model.safetensors", root + "/copy"});
             if (cp.status != 0) throw Error("cp failed");
             cp_t.push_back(cp.seconds);

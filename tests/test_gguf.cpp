@@ -369,7 +369,7 @@ ConvertOptions f32_opts(MoEFormat f, int k) {
     o.format = f;
     o.top_k = k;
     o.dtype = DType::F32;
-    o.gate = "linear";
+    o.gate = GateKind::Linear;
     return o;
 }
 
@@ -569,4 +569,53 @@ TEST(GgufTokenizer, SentencePieceIsRebuiltFromTheLlamaKeysAlone) {
         EXPECT_EQ(a->encode(t, true), b->encode(t, true)) << t;
         EXPECT_EQ(a->decode(a->encode(t, false)), b->decode(b->encode(t, false))) << t;
     }
+}
+
+TEST(GgufCli, ConvertInspectEvalGenerateAndBuild) {
+    TempDir tmp;
+    const std::string m = demo_model_dir(), t = tmp.path;
+    ASSERT_EQ(run_cli(fmt::format("split random --model {} --experts 7 --out {}/p7.json", m, t)).status, 0);
+    CliResult c = run_cli(fmt::format("convert --model {} --plan {}/p7.json --format gguf --out {}/m7.gguf", m, t, t));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_NE(c.out.find("GGUF llama, 6 layers x 7 experts of width 110"), std::string::npos) << c.out;
+    EXPECT_NE(c.out.find("12 zero neurons"), std::string::npos) << c.out;
+    c = run_cli(fmt::format("inspect {}/m7.gguf", t));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_NE(c.out.find("llama.cpp architecture 'llama'"), std::string::npos) << c.out;
+    EXPECT_NE(c.out.find("12 zero neurons"), std::string::npos) << c.out;
+    EXPECT_NE(c.out.find("12 x 109, 30 x 110"), std::string::npos) << c.out;  // the plan's own widths
+    c = run_cli(fmt::format("convert --model {} --format gguf --out {}/dense.gguf", m, t));
+    ASSERT_EQ(c.status, 0) << c.out;
+    // eval of a GGUF MoE against a GGUF dense reference, and the same against the directory.
+    c = run_cli(fmt::format("eval --model {0}/m7.gguf --reference {0}/dense.gguf --data {1}/data/eval.jsonl --max-tokens 200 --json",
+                            t, MOEFY_SOURCE_DIR));
+    ASSERT_EQ(c.status, 0) << c.out;
+    CliResult d = run_cli(fmt::format("eval --model {0}/m7.gguf --reference {2} --data {1}/data/eval.jsonl --max-tokens 200 --json",
+                                      t, MOEFY_SOURCE_DIR, m));
+    ASSERT_EQ(d.status, 0) << d.out;
+    const auto j1 = nlohmann::json::parse(c.out.substr(c.out.find('{'))), j2 = nlohmann::json::parse(d.out.substr(d.out.find('{')));
+    // The GGUF dense reference is the same model as the directory (bf16, exact norms).
+    EXPECT_NEAR(j1["dense"]["mean_nll"].get<double>(), j2["dense"]["mean_nll"].get<double>(), 1e-5);
+    EXPECT_NEAR(j1["moe"]["ffn_rel_error"].get<double>(), j2["moe"]["ffn_rel_error"].get<double>(), 1e-4);
+    c = run_cli(fmt::format("generate --model {}/dense.gguf --prompt \"Once upon a time\" -n 8", t));
+    CliResult g = run_cli(fmt::format("generate --model {} --prompt \"Once upon a time\" -n 8", m));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_EQ(c.out, g.out);
+    // Refusals: q8_0 outside gguf; q8_0 with rows of 110; an existing output.
+    c = run_cli(fmt::format("convert --model {} --plan {}/p7.json --format mixtral --dtype q8_0 --out {}/x", m, t, t));
+    EXPECT_EQ(c.status, 1);
+    EXPECT_NE(c.out.find("only --format gguf"), std::string::npos) << c.out;
+    c = run_cli(fmt::format("convert --model {} --plan {}/p7.json --format gguf --dtype q8_0 --out {}/q.gguf", m, t, t));
+    EXPECT_EQ(c.status, 1);
+    EXPECT_NE(c.out.find("not a multiple of 32"), std::string::npos) << c.out;
+    EXPECT_FALSE(fs::exists(t + "/q.gguf"));
+    c = run_cli(fmt::format("convert --model {} --format gguf --out {}/dense.gguf", m, t));
+    EXPECT_EQ(c.status, 1);
+    EXPECT_NE(c.out.find("already exists"), std::string::npos) << c.out;
+    // build straight to GGUF (random split and router: no calibration text).
+    c = run_cli(fmt::format("build --model {} --method random --router random --weighting softmax --scale auto --format gguf "
+                            "--eval-data {}/data/eval.jsonl --eval-tokens 200 --out {}/b.gguf",
+                            m, MOEFY_SOURCE_DIR, t));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_TRUE(is_gguf_file(t + "/b.gguf"));
 }

@@ -28,6 +28,13 @@ std::optional<GgmlType> parse_gguf_type(const std::string& s) {
     fail("--dtype '{}': expected same, bf16, f16, f32 or q8_0", s);
 }
 
+GgufOptions gguf_options(const ConvertOptions& opt) {
+    GgufOptions g;
+    if (opt.q8_0) g.type = GgmlType::Q8_0;
+    else if (opt.dtype) g.type = *opt.dtype == DType::F32 ? GgmlType::F32 : *opt.dtype == DType::F16 ? GgmlType::F16 : GgmlType::BF16;
+    return g;
+}
+
 MoEFormat gguf_routing_format(const ExpertPlan& plan) { return plan.num_shared() > 0 ? MoEFormat::Deepseek : MoEFormat::Mixtral; }
 
 namespace {
@@ -212,7 +219,6 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
     if (plan) {
         plan->validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
         opt.format = gguf_routing_format(*plan);
-        if (opt.gate.empty()) opt.gate = "linear";
         ctx.emplace(convert::make_convert_context(dense, *plan, opt));
         const convert::Context& c = *ctx;
         if (c.mlp_gate)

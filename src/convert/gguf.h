@@ -47,10 +47,13 @@ struct GgufReport {
 
 // Parses "f32" | "f16" | "bf16" | "q8_0" | "same" (nullopt).
 std::optional<GgmlType> parse_gguf_type(const std::string& s);
+// The stored type from ConvertOptions' dtype / q8_0.
+GgufOptions gguf_options(const ConvertOptions& opt);
 
 // plan == nullptr: the dense model. opt.format is ignored (the semantics are
-// mixtral's or deepseek's, chosen by the plan as above); opt.top_k, scales,
-// routers, seed, gate (linear only) and force apply as for convert_checkpoint.
+// mixtral's or deepseek's, chosen by the plan as above: routing_semantics);
+// opt.top_k, scales, routers, seed, gate (linear only) and force apply as for
+// convert_checkpoint. opt.dtype / opt.q8_0 are ignored: `gopt` gives the type.
 GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, const std::string& out_path,
                            const ConvertOptions& opt, const GgufOptions& gopt, const ConvertProgress& progress = {});
 
