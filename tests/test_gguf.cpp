@@ -29,6 +29,7 @@
 #include "route/random_router.h"
 #include "split/cluster_split.h"
 #include "split/expert_plan.h"
+#include "split/graph_split.h"
 #include "split/random_split.h"
 #include "tokenizer/tokenizer.h"
 #include "test_util.h"
@@ -407,10 +408,13 @@ TEST(GgufDemo, RoutedPlansEqualMixtralInF32) {
     co.restarts = 1;
     const ExpertPlan random8 = random_split(d.ck, 8, 0);
     const ExpertPlan cluster8 = cluster_split(d.ck, co);
+    GraphSplitOptions go;
+    go.experts = 8;
+    const ExpertPlan graph8 = graph_split(d.ck, d.windows, go);  // co-activation on the 300 eval tokens
     struct Case {
         const ExpertPlan* plan;
         int k;
-    } cases[] = {{&random8, 1}, {&random8, 2}, {&cluster8, 4}};
+    } cases[] = {{&random8, 1}, {&random8, 2}, {&cluster8, 4}, {&graph8, 2}};
     int n = 0;
     for (const Case& c : cases) {
         const std::string mx = tmp.path + fmt::format("/mx{}", n), gg = tmp.path + fmt::format("/m{}.gguf", n);
