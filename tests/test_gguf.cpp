@@ -526,7 +526,7 @@ std::vector<std::string> golden_texts() {
 
 }  // namespace
 
-TEST(GgufTokenizer, Llama3TokenizerJsonIsGpt2WithLlamaBpeAndRoundTrips) {
+TEST(SharedGgufTokenizer, Llama3TokenizerJsonIsGpt2WithLlamaBpeAndRoundTrips) {
     if (!shared_exists("fixtures/tokenizers/llama3-tokenizer.json")) GTEST_SKIP() << "fixtures/tokenizers not present";
     TempDir tmp;
     fs::copy_file(shared_path("fixtures/tokenizers/llama3-tokenizer.json"), tmp.path + "/tokenizer.json");
@@ -552,7 +552,7 @@ TEST(GgufTokenizer, Llama3TokenizerJsonIsGpt2WithLlamaBpeAndRoundTrips) {
     for (const std::string& t : golden_texts()) EXPECT_EQ(a->encode(t, true), b->encode(t, true)) << t;
 }
 
-TEST(GgufTokenizer, SentencePieceIsRebuiltFromTheLlamaKeysAlone) {
+TEST(SharedGgufTokenizer, SentencePieceIsRebuiltFromTheLlamaKeysAlone) {
     // A GGUF from elsewhere has no embedded tokenizer.model: moefy rebuilds a
     // SentencePiece model from tokens, scores and types (identity normalizer,
     // BPE by score, as llama.cpp runs it) and must tokenize as the original.
