@@ -831,7 +831,7 @@ TEST(ConvertRefusal, BadPlansOptionsAndOutputsLeaveNothingBehind) {
     ConvertOptions rt = opts();
     rt.routers.resize(2);
     expect_refused([&] { convert_checkpoint(ck, good, out, rt); }, "router of layer 0", out);
-    EXPECT_THROW(parse_moe_format("gguf"), Error);
+    EXPECT_THROW(parse_moe_format("onnx"), Error);
     EXPECT_THROW(parse_out_dtype("int8"), Error);
     EXPECT_THROW(parse_byte_size("5XB", "--max-shard-size"), Error);
     EXPECT_EQ(parse_byte_size("5GB", "x"), size_t(5'000'000'000));
@@ -992,9 +992,9 @@ TEST(ConvertCli, ConvertsAndRefusesWithAClearMessage) {
     r = run_cli(base + " --format mixtral");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
-    r = run_cli(base + "2 --format gguf");
+    r = run_cli(base + "2 --format onnx");
     EXPECT_EQ(r.status, 1);
-    EXPECT_NE(r.out.find("--format 'gguf'"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--format 'onnx'"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(tmp.path + "/mx2"));
     r = run_cli(base + "2 --scale fast");
     EXPECT_EQ(r.status, 1);

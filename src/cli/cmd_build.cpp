@@ -1,5 +1,5 @@
 // moefy build --model M --method random|cluster|graph|gradient --experts 8 --top-k 2 [--data calib.jsonl]
-//             [--eval-data eval.jsonl] --format llama-moe|mixtral|deepseek --out DIR
+//             [--eval-data eval.jsonl] --format llama-moe|mixtral|deepseek|gguf --out DIR
 //             [--router fit|centroid|random] [--weighting uniform|softmax] [--scale fit|auto|X] [--gate mlp|linear]
 //             [--oracle] [--report report.html] [--json] [--plan plan.json] [--save-plan plan.json] [--force]
 #include <algorithm>
@@ -39,7 +39,7 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     cmd->add_option("--out", b.out_dir, "Output MoE model directory")->required();
     add_enum_option(cmd, "--method", b.method, split_method_names, "Split");
     cmd->add_option("--experts", b.experts, "Routed experts per layer")->capture_default_str();
-    add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype);
+    add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype, b.q8_0);
     cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");
     cmd->add_option("--eval-data", b.eval_data, "Held-out text: evaluate dense vs MoE at the end");
     cmd->add_option("--text-field", b.text_field, "JSONL field holding the text (default: text, else content)");

@@ -1,5 +1,6 @@
-// moefy convert --model DIR --plan plan.json --out DIR [--format llama-moe|mixtral|deepseek] [--top-k 2]
-//               [--gate mlp|linear] [--dtype same|bf16|f16|f32] [--seed 0] [--force]
+// moefy convert --model DIR --plan plan.json --out DIR [--format llama-moe|mixtral|deepseek|gguf] [--top-k 2]
+//               [--gate mlp|linear] [--dtype same|bf16|f16|f32|q8_0] [--seed 0] [--force]
+// moefy convert --model DIR --format gguf --out model.gguf      (dense GGUF, no plan)
 //               [--no-softmax] [--no-multiply-gate-scores] [--max-shard-size 5GB]
 //               [--router random|centroid|fit] [--weighting softmax|uniform] [--scale auto|fit|FLOAT]
 //               [--calib FILE] [--calib-tokens N] [--ctx 512] [--text-field F]
@@ -10,6 +11,7 @@
 #include "cli/moe_options.h"
 #include "common/error.h"
 #include "convert/convert.h"
+#include "convert/gguf.h"
 #include "convert/routing.h"
 #include "data/documents.h"
 #include "eval/perplexity.h"
@@ -36,6 +38,31 @@ void print_report(const ConvertReport& r) {
                dtype_name(r.dtype), double(r.tensor_bytes) / 1e9, r.seconds);
 }
 
+void print_gguf_report(const GgufReport& g, bool uniform_flattened) {
+    const ConvertReport& r = g.convert;
+    if (r.num_experts == 0) {
+        fmt::print("wrote {}: GGUF {} (dense), {} layers, {} tensors ({}), {:.2f} GB in {:.1f} s\n", r.out_dir, g.arch,
+                   r.num_layers, r.tensors, g.type, double(r.tensor_bytes) / 1e9, r.seconds);
+    } else {
+        fmt::print("wrote {}: GGUF {}, {} layers x {} experts of width {}{} (top-{}, {}), {} tensors ({}), {:.2f} GB in {:.1f} s\n",
+                   r.out_dir, g.arch, r.num_layers, r.num_experts, g.expert_width,
+                   g.shared_count ? fmt::format(" + {} shared", g.shared_count) : "", r.top_k, scales_summary(r), r.tensors,
+                   g.type, double(r.tensor_bytes) / 1e9, r.seconds);
+        if (g.padded_neurons)
+            fmt::print("padding: {} zero neurons added over all layers so every expert stores width {} (exact: they add nothing)\n",
+                       g.padded_neurons, g.expert_width);
+        fmt::print("weighting in llama.cpp: {}\n",
+                   g.arch == "llama" ? "softmax over all experts, top-k, renormalised (as mixtral)"
+                                     : "softmax over all routed experts, top-k, not renormalised; shared experts summed (as deepseek)");
+        if (uniform_flattened)
+            fmt::print("uniform weighting: written as a flattened softmax (router x 2^-m, scale x {0}): every weight within 0.1% "
+                       "of 1/{0} by construction\n",
+                       g.arch == "llama" ? "k" : "E");
+    }
+    fmt::print("tokenizer: {}{}{}, {} tokens\n", g.vocab.model, g.vocab.pre.empty() ? "" : " (pre " + g.vocab.pre + ")",
+               g.vocab.chat_template ? ", chat template" : "", g.vocab.tokens);
+}
+
 }  // namespace
 
 MOEFY_COMMAND(40, [](CLI::App& app) {
@@ -51,9 +78,9 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
     auto o = std::make_shared<Opts>();
     ConvertOptions& c = o->convert;
     cmd->add_option("--model", o->model, "Dense model directory (config.json + safetensors)")->required();
-    cmd->add_option("--plan", o->plan, "Expert plan (JSON, from moefy split)")->required();
-    cmd->add_option("--out", o->out, "Output model directory")->required();
-    add_layout_options(cmd, c.format, c.top_k, c.gate, c.dtype);
+    cmd->add_option("--plan", o->plan, "Expert plan (JSON, from moefy split); optional with --format gguf (dense GGUF)");
+    cmd->add_option("--out", o->out, "Output model directory (--format gguf: the .gguf file)")->required();
+    add_layout_options(cmd, c.format, c.top_k, c.gate, c.dtype, c.q8_0);
     add_routing_options(cmd, o->routing, "--calib");
     cmd->add_option("--calib", o->calib,
                     "Calibration text (.jsonl/.txt) for --router fit, --scale fit or a softmax temperature "
@@ -77,7 +104,17 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         // Refused before any slow work (calibration); convert_checkpoint checks again.
         if (std::filesystem::exists(o->out) && !opt.force)
             fail("{}: output already exists (use --force to replace it)", o->out);
+        if (o->plan.empty() && opt.format != MoEFormat::Gguf)
+            fail("--plan is required (only --format gguf converts a dense model without one)");
         const Checkpoint dense = Checkpoint::open(o->model);
+        if (o->plan.empty()) {
+            ProgressBar bar("convert");
+            const GgufReport r = convert_to_gguf(dense, nullptr, o->out, opt, gguf_options(opt),
+                                                 [&](double done, double total) { bar.update(done / 1e9, total / 1e9, "GB"); });
+            bar.finish();
+            print_gguf_report(r, false);
+            return;
+        }
         const ExpertPlan plan = ExpertPlan::load(o->plan);
         plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o->plan);  // errors name the file
 
@@ -100,9 +137,14 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
             fmt::print("routers: {} on {} calibration tokens per layer ({})\n", router_kind_name(o->routing.router),
                        routing.calib_tokens, calib_path);
         ProgressBar bar("convert");
-        const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, [&](double done, double total) {
-            bar.update(done / 1e9, total / 1e9, "GB");
-        });
+        auto on_progress = [&](double done, double total) { bar.update(done / 1e9, total / 1e9, "GB"); };
+        if (opt.format == MoEFormat::Gguf) {
+            const GgufReport r = convert_to_gguf(dense, &plan, o->out, opt, gguf_options(opt), on_progress);
+            bar.finish();
+            print_gguf_report(r, routing.built && o->routing.weighting == Weighting::Uniform);
+            return;
+        }
+        const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, on_progress);
         bar.finish();
         print_report(r);
     });

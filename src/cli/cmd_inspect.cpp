@@ -25,7 +25,8 @@ nlohmann::json inspect_json(const Checkpoint& ck) {
     j["dtype"] = dtype_name(ck.main_dtype());
     j["tensors"] = ck.tensors->tensor_count();
     j["total_bytes"] = ck.tensors->total_bytes();
-    j["shards"] = ck.tensors->files().size();
+    j["shards"] = c.raw.contains("gguf") ? 1 : ck.tensors->files().size();
+    if (c.raw.contains("gguf")) j["gguf"] = c.raw["gguf"];
     if (c.is_moe()) {
         const MoEConfig& m = c.moe;
         nlohmann::json moe;
@@ -78,6 +79,25 @@ static void print_inspect(const nlohmann::json& j) {
     fmt::print("dtype             {}\n", j["dtype"].get<std::string>());
     fmt::print("tensors           {} in {} file(s), {}\n", j["tensors"].get<size_t>(), j["shards"].get<size_t>(),
                human_bytes(double(j["total_bytes"].get<size_t>())));
+    if (j.contains("gguf")) {
+        const auto& g = j["gguf"];
+        static const std::map<int, const char*> ftypes = {{0, "f32"}, {1, "f16"}, {7, "q8_0"}, {32, "bf16"}};
+        const int ft = g.value("file_type", -1);
+        fmt::print("format            GGUF v{}, llama.cpp architecture '{}', file type {}{}\n", g.value("version", 0),
+                   g.value("architecture", "?"), ft, ftypes.count(ft) ? fmt::format(" ({})", ftypes.at(ft)) : "");
+        if (ft == 7) fmt::print("                  q8_0 tensors are dequantised to f32 when moefy loads them\n");
+        if (g.contains("plan")) {
+            const auto& p = g["plan"];
+            fmt::print("split             {}\n", p.value("method", "?"));
+            const size_t pad = p.value("padded_neurons", size_t(0));
+            fmt::print("stored widths     expert {}{}\n", p.value("stored_expert_width", 0),
+                       p.value("stored_shared_width", 0) ? fmt::format(", shared {}", p.value("stored_shared_width", 0)) : "");
+            if (p.contains("expert_widths"))
+                fmt::print("plan widths       {}\n", widths_summary(p["expert_widths"].get<std::vector<std::vector<int>>>()));
+            if (pad)
+                fmt::print("padding           {} zero neurons in all (narrower experts padded to the stored width; exact)\n", pad);
+        }
+    }
     if (j.contains("moe")) {
         const auto& m = j["moe"];
         fmt::print("experts per layer {} (top-k {})\n", m["experts"].get<int>(), m["top_k"].get<int>());
@@ -98,7 +118,7 @@ MOEFY_COMMAND(10, [](CLI::App& app) {
     auto* cmd = app.add_subcommand("inspect", "Describe a dense or MoE checkpoint");
     auto model = std::make_shared<std::string>();
     auto as_json = std::make_shared<bool>(false);
-    cmd->add_option("model", *model, "Model directory (config.json + safetensors)")->required();
+    cmd->add_option("model", *model, "Model directory (config.json + safetensors) or GGUF file")->required();
     cmd->add_flag("--json", *as_json, "Print JSON");
     cmd->callback([=] {
         Checkpoint ck = Checkpoint::open(*model);

@@ -3,13 +3,20 @@
 namespace moefy::cli {
 
 void add_layout_options(CLI::App* cmd, MoEFormat& format, int& top_k, std::optional<GateKind>& gate,
-                        std::optional<DType>& dtype) {
+                        std::optional<DType>& dtype, bool& q8_0) {
     add_enum_option(cmd, "--format", format, moe_format_names, "Output layout");
     cmd->add_option("--top-k", top_k, "Experts selected per token")->capture_default_str();
     add_parsed_option(
         cmd, "--gate", gate, [](const std::string& s) { return std::optional<GateKind>(parse_gate_kind(s)); },
         "Router network: mlp (Linear-tanh-Linear, llama-moe only) | linear [default: mlp for llama-moe, linear otherwise]");
-    add_parsed_option(cmd, "--dtype", dtype, parse_out_dtype, "Output dtype: same | bf16 | f16 | f32", out_dtype_name(dtype));
+    bool* q8 = &q8_0;
+    add_parsed_option(
+        cmd, "--dtype", dtype,
+        [q8](const std::string& s) {
+            *q8 = s == "q8_0";
+            return *q8 ? std::optional<DType>() : parse_out_dtype(s);
+        },
+        "Output dtype: same | bf16 | f16 | f32 | q8_0 (gguf only)", out_dtype_name(dtype));
 }
 
 void add_routing_options(CLI::App* cmd, RoutingChoice& routing, const std::string& calib_flag) {

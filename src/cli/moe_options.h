@@ -11,9 +11,9 @@
 
 namespace moefy::cli {
 
-// --format, --top-k, --gate, --dtype
+// --format, --top-k, --gate, --dtype (q8_0 sets `q8_0`: --format gguf only)
 void add_layout_options(CLI::App* cmd, MoEFormat& format, int& top_k, std::optional<GateKind>& gate,
-                        std::optional<DType>& dtype);
+                        std::optional<DType>& dtype, bool& q8_0);
 
 // --router, --weighting, --scale; `calib_flag` names the option that gives the calibration text.
 void add_routing_options(CLI::App* cmd, RoutingChoice& routing, const std::string& calib_flag);

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "convert/gguf.h"
 #include "convert/layout.h"
 #include "io/output_dir.h"
 #include "model/tensor_names.h"
@@ -193,6 +194,7 @@ convert::Layout pick_layout(const Context& c) {
         case MoEFormat::LlamaMoE: return convert::llama_moe_layout(c.R > 0);
         case MoEFormat::Mixtral: return convert::mixtral_layout();
         case MoEFormat::Deepseek: return convert::deepseek_layout();
+        case MoEFormat::Gguf: break;  // convert_to_gguf
     }
     fail("unknown output format");
 }
@@ -244,8 +246,18 @@ private:
 
 }  // namespace
 
+convert::Context convert::make_convert_context(const Checkpoint& dense, const ExpertPlan& plan, const ConvertOptions& opt) {
+    return make_context(dense, plan, opt);
+}
+
+MoEFormat routing_semantics(MoEFormat f, const ExpertPlan& plan) {
+    return f == MoEFormat::Gguf ? gguf_routing_format(plan) : f;
+}
+
 ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan, const std::string& out_dir,
                                  const ConvertOptions& opt, const ConvertProgress& progress) {
+    if (opt.format == MoEFormat::Gguf) return convert_to_gguf(dense, &plan, out_dir, opt, gguf_options(opt), progress).convert;
+    if (opt.q8_0) fail("--dtype q8_0: only --format gguf stores q8_0 (safetensors has no such type)");
     const auto t0 = std::chrono::steady_clock::now();
     const ModelConfig& cfg = dense.config;
     if (cfg.is_moe())

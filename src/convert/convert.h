@@ -33,9 +33,13 @@ struct Checkpoint;
 struct ExpertPlan;
 
 // Output layouts (--format). A new layout: a value here, its name in the table, a writer.
-enum class MoEFormat { LlamaMoE, Mixtral, Deepseek };
-inline constexpr EnumName<MoEFormat> moe_format_names[] = {
-    {MoEFormat::LlamaMoE, "llama-moe"}, {MoEFormat::Mixtral, "mixtral"}, {MoEFormat::Deepseek, "deepseek"}};
+// Gguf: one llama.cpp file (convert/gguf.h), with mixtral's routing semantics for
+// routed-only plans and deepseek's for plans with shared experts (routing_semantics).
+enum class MoEFormat { LlamaMoE, Mixtral, Deepseek, Gguf };
+inline constexpr EnumName<MoEFormat> moe_format_names[] = {{MoEFormat::LlamaMoE, "llama-moe"},
+                                                           {MoEFormat::Mixtral, "mixtral"},
+                                                           {MoEFormat::Deepseek, "deepseek"},
+                                                           {MoEFormat::Gguf, "gguf"}};
 inline MoEFormat parse_moe_format(const std::string& s) { return parse_enum(moe_format_names, s, "--format"); }
 inline const char* moe_format_name(MoEFormat f) { return enum_name(moe_format_names, f); }
 
@@ -63,6 +67,7 @@ struct ConvertOptions {
     std::vector<double> layer_scales;  // [layer] or empty
     std::optional<GateKind> gate;  // nullopt: the layout's default (default_gate)
     std::optional<DType> dtype;  // nullopt: same as the source
+    bool q8_0 = false;           // --dtype q8_0: weight matrices as q8_0 (--format gguf only)
     uint64_t seed = 0;           // random router init
     bool force = false;          // replace an existing output directory
     bool gate_softmax = true;          // llama-moe gate_use_softmax
@@ -103,8 +108,13 @@ struct ConvertReport {
 // done/total in output tensor bytes.
 using ConvertProgress = std::function<void(double done, double total)>;
 
+// The routing semantics of layout `f` for `plan`: itself, except gguf, which
+// weights as mixtral (routed-only plans) or deepseek (plans with shared experts).
+MoEFormat routing_semantics(MoEFormat f, const ExpertPlan& plan);
+
 // Validates everything first (plan vs model, options, layout constraints, output
 // path), then writes. Throws moefy::Error; on failure nothing is left behind.
+// --format gguf writes the file `out_dir` (convert/gguf.h).
 ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan, const std::string& out_dir,
                                  const ConvertOptions& opt, const ConvertProgress& progress = {});
 

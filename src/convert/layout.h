@@ -58,6 +58,10 @@ struct Context {
     std::vector<std::vector<int>> shared_widths() const;
 };
 
+// Resolves and validates the options against the plan (top-k, gate, scales,
+// routers, dtype) exactly as convert_checkpoint does; for the GGUF layout.
+Context make_convert_context(const Checkpoint& dense, const ExpertPlan& plan, const ConvertOptions& opt);
+
 // A layout: `check` throws (naming the layout to use instead) when the plan or
 // the options do not fit; `layer` appends the tensors that replace layer l's
 // dense FFN; `config` returns config.json.

@@ -76,8 +76,12 @@ RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, con
         if (c.scale.mode == RoutedScale::Mode::Fixed) co.scale = c.scale.value;
         return out;
     }
+    // Routers and weights for the layout's semantics (gguf: mixtral's or deepseek's).
+    const MoEFormat format = co.format;
+    co.format = routing_semantics(format, plan);
     const RouterBuild rb = build_routers(dense, plan, router_options(c, co), calib, progress);
     set_convert_routing(rb, co);
+    co.format = format;
     co.provenance = routing_provenance(c, calib.empty() ? "" : calib_file, rb.calib_tokens);
     out.built = true;
     out.layers = rb.layers;

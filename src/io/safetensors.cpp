@@ -111,6 +111,19 @@ std::unique_ptr<TensorStore> TensorStore::open_file(const std::string& path) {
     return s;
 }
 
+std::unique_ptr<TensorStore> TensorStore::from_views(std::string location, std::vector<TensorView> views,
+                                                     std::shared_ptr<const void> owner) {
+    auto s = std::make_unique<TensorStore>();
+    s->location_ = std::move(location);
+    s->views_ = std::move(views);
+    s->owner_ = std::move(owner);
+    for (const TensorView& t : s->views_) {
+        if (s->by_name_.count(t.name)) fail("{}: tensor '{}' given twice", s->location_, t.name);
+        s->by_name_[t.name] = &t;
+    }
+    return s;
+}
+
 std::unique_ptr<TensorStore> TensorStore::open_dir(const std::string& dir) {
     const fs::path d(dir);
     if (!fs::is_directory(d)) fail("{}: not a directory", dir);
@@ -182,6 +195,7 @@ std::vector<std::string> TensorStore::names() const {
     std::vector<std::string> out;
     for (const auto& f : files_)
         for (const TensorView& t : f->tensors()) out.push_back(t.name);
+    for (const TensorView& t : views_) out.push_back(t.name);
     return out;
 }
 
@@ -189,6 +203,7 @@ size_t TensorStore::total_bytes() const {
     size_t n = 0;
     for (const auto& f : files_)
         for (const TensorView& t : f->tensors()) n += t.nbytes;
+    for (const TensorView& t : views_) n += t.nbytes;
     return n;
 }
 

@@ -60,6 +60,11 @@ public:
     static std::unique_ptr<TensorStore> open_dir(const std::string& dir);
     // A single file, for tests and tools.
     static std::unique_ptr<TensorStore> open_file(const std::string& path);
+    // Tensors that live elsewhere (a GGUF mapping, buffers made at load time):
+    // `owner` keeps their memory alive as long as the store. Views with
+    // file == nullptr own no mapping and are never released.
+    static std::unique_ptr<TensorStore> from_views(std::string location, std::vector<TensorView> views,
+                                                   std::shared_ptr<const void> owner);
 
     const TensorView* find(const std::string& name) const;
     const TensorView& get(const std::string& name) const;  // throws naming the checkpoint
@@ -81,6 +86,8 @@ private:
     std::string location_;
     std::vector<std::unique_ptr<SafetensorsFile>> files_;
     std::unordered_map<std::string, const TensorView*> by_name_;
+    std::vector<TensorView> views_;        // from_views
+    std::shared_ptr<const void> owner_;   // from_views
 };
 
 // Receives the bytes of one tensor while it is written.

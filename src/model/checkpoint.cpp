@@ -4,6 +4,8 @@
 #include <map>
 
 #include "common/error.h"
+#include "io/gguf.h"
+#include "model/gguf_checkpoint.h"
 #include "model/tensor_names.h"
 
 namespace moefy {
@@ -93,6 +95,11 @@ void check_tensors(const ModelConfig& c, const TensorStore& t) {
 
 Checkpoint Checkpoint::open(const std::string& dir) {
     namespace fs = std::filesystem;
+    if (is_gguf_file(dir)) {
+        Checkpoint ck = open_gguf_checkpoint(dir);
+        check_tensors(ck.config, *ck.tensors);
+        return ck;
+    }
     if (!fs::is_directory(dir)) fail("{}: model directory does not exist", dir);
     const std::string cfg_path = (fs::path(dir) / "config.json").string();
     if (!fs::exists(cfg_path)) fail("{}: no config.json (expected a Hugging Face model directory)", dir);
@@ -106,8 +113,10 @@ Checkpoint Checkpoint::open(const std::string& dir) {
 
 DType Checkpoint::main_dtype() const {
     std::map<DType, size_t> bytes;
-    for (const auto& f : tensors->files())
-        for (const TensorView& t : f->tensors()) bytes[t.dtype] += t.nbytes;
+    for (const std::string& name : tensors->names()) {
+        const TensorView& t = tensors->get(name);
+        bytes[t.dtype] += t.nbytes;
+    }
     DType best = DType::F32;
     size_t most = 0;
     for (auto [d, n] : bytes)

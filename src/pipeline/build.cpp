@@ -34,6 +34,7 @@ ConvertOptions layout_options(const BuildOptions& o) {
     co.top_k = o.top_k;
     co.gate = o.gate;
     co.dtype = o.dtype;
+    co.q8_0 = o.q8_0;
     co.seed = o.seed;
     co.force = o.force;
     return co;

@@ -55,6 +55,7 @@ struct BuildOptions {
     int top_k = 2;
     std::optional<GateKind> gate;  // nullopt: the layout's default
     std::optional<DType> dtype;    // nullopt: same as the source
+    bool q8_0 = false;             // --dtype q8_0 (--format gguf)
 
     // routing (convert/routing.h): by default a fitted router, uniform weights, fitted scales
     RoutingChoice routing{RouterKind::Fit, Weighting::Uniform, RoutedScale::fit()};

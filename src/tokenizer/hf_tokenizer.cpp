@@ -489,7 +489,8 @@ private:
 
 class HfTokenizer final : public Tokenizer {
 public:
-    HfTokenizer(const std::string& path, const TokenizerSettings& settings);
+    // text: the file's contents, or nullptr to read `path`.
+    HfTokenizer(const std::string& path, const TokenizerSettings& settings, const std::string* text = nullptr);
 
     std::vector<int32_t> encode(std::string_view text, bool add_special) const override;
     std::string decode(const std::vector<int32_t>& ids) const override;
@@ -523,8 +524,9 @@ private:
     int32_t bos_ = -1, eos_ = -1;
 };
 
-HfTokenizer::HfTokenizer(const std::string& path, const TokenizerSettings& settings) : path_(path) {
-    TokenizerJson tj = read_tokenizer_json(path);
+HfTokenizer::HfTokenizer(const std::string& path, const TokenizerSettings& settings, const std::string* text)
+    : path_(path) {
+    TokenizerJson tj = text ? parse_tokenizer_json(*text, path) : read_tokenizer_json(path);
     const json& j = tj.rest;
     try {
         if (!j.is_object() || !j.contains("model")) fail("{}: no \"model\" object", path);
@@ -688,6 +690,11 @@ std::string HfTokenizer::decode_token(int32_t id) const {
 
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const TokenizerSettings& settings) {
     return std::make_unique<HfTokenizer>(path, settings);
+}
+
+std::unique_ptr<Tokenizer> load_hf_tokenizer_text(const std::string& text, const std::string& name,
+                                                  const TokenizerSettings& settings) {
+    return std::make_unique<HfTokenizer>(name, settings, &text);
 }
 
 }  // namespace moefy

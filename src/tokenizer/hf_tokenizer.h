@@ -20,5 +20,8 @@ namespace moefy {
 // post-processor template (as transformers' LlamaTokenizerFast does);
 // otherwise the template alone decides.
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const TokenizerSettings& settings);
+// The same from the text of a tokenizer.json (e.g. embedded in a GGUF file).
+std::unique_ptr<Tokenizer> load_hf_tokenizer_text(const std::string& text, const std::string& name,
+                                                  const TokenizerSettings& settings);
 
 }  // namespace moefy

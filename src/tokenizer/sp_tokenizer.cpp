@@ -11,8 +11,10 @@ namespace {
 
 class SentencePieceTokenizer final : public Tokenizer {
 public:
-    SentencePieceTokenizer(const std::string& path, const TokenizerSettings& settings) : path_(path) {
-        const auto status = sp_.Load(path);
+    // proto: the model's bytes, or nullptr to load the file `path`.
+    SentencePieceTokenizer(const std::string& path, const TokenizerSettings& settings, const std::string* proto = nullptr)
+        : path_(path) {
+        const auto status = proto ? sp_.LoadFromSerializedProto(*proto) : sp_.Load(path);
         if (!status.ok()) fail("{}: cannot load SentencePiece model: {}", path, status.ToString());
         vocab_ = sp_.GetPieceSize();
         bos_ = resolve(settings.bos_token, settings.bos_id, sp_.bos_id());
@@ -100,6 +102,11 @@ private:
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path, const TokenizerSettings& settings) {
     return std::make_unique<SentencePieceTokenizer>(path, settings);
+}
+
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& proto, const std::string& name,
+                                                    const TokenizerSettings& settings) {
+    return std::make_unique<SentencePieceTokenizer>(name, settings, &proto);
 }
 
 }  // namespace moefy

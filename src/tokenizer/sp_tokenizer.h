@@ -13,5 +13,9 @@ namespace moefy {
 // when the settings do not say; bos/eos ids come from the settings' token
 // strings, then config.json ids, then the model's own bos/eos pieces.
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path, const TokenizerSettings& settings);
+// The same from the bytes of a serialized ModelProto (e.g. embedded in a GGUF
+// file); `name` is used in errors.
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& proto, const std::string& name,
+                                                    const TokenizerSettings& settings);
 
 }  // namespace moefy

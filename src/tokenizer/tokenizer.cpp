@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/gguf.h"
 #include "io/output_dir.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/sp_tokenizer.h"
 #include "tokenizer/tokenizer_settings.h"
@@ -76,6 +78,7 @@ static bool ends_with(const std::string& s, std::string_view suffix) {
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_dir(const std::string& model_dir) {
+    if (is_gguf_file(model_dir)) return load_gguf_tokenizer(open_gguf(model_dir));
     const fs::path dir(model_dir);
     if (!fs::is_directory(dir)) fail("{}: not a directory", model_dir);
     const auto opt = [&](const char* name) {

@@ -17,7 +17,8 @@ public:
     // Picks the implementation from the files in a model directory:
     // tokenizer.json if present, else tokenizer.model. Reads
     // tokenizer_config.json (add_bos_token / add_eos_token, bos/eos tokens) and
-    // config.json (bos_token_id / eos_token_id) when present.
+    // config.json (bos_token_id / eos_token_id) when present. A GGUF file
+    // instead of a directory: its embedded tokenizer (tokenizer/gguf_vocab.h).
     static std::unique_ptr<Tokenizer> from_dir(const std::string& model_dir);
     // Explicit files: a .model or a .json; tokenizer_config_json may be "".
     static std::unique_ptr<Tokenizer> from_file(const std::string& path,

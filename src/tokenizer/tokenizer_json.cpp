@@ -145,8 +145,9 @@ private:
 
 }  // namespace
 
-TokenizerJson read_tokenizer_json(const std::string& path) {
-    const std::string text = read_text_file(path);
+TokenizerJson read_tokenizer_json(const std::string& path) { return parse_tokenizer_json(read_text_file(path), path); }
+
+TokenizerJson parse_tokenizer_json(const std::string& text, const std::string& path) {
     TokenizerJson out;
     Sax sax(out, path);
     json::sax_parse(text, &sax);

@@ -22,5 +22,7 @@ struct TokenizerJson {
 // Throws moefy::Error naming the path on I/O, syntax or structure errors
 // (e.g. a merge that is neither "a b" nor ["a", "b"]).
 TokenizerJson read_tokenizer_json(const std::string& path);
+// The same from the file's text; `name` is used in errors.
+TokenizerJson parse_tokenizer_json(const std::string& text, const std::string& name);
 
 }  // namespace moefy
