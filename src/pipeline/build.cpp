@@ -16,6 +16,7 @@
 #include "split/importance.h"
 #include "split/graph_split.h"
 #include "split/random_split.h"
+#include "split/shared_split.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moefy {
@@ -65,6 +66,19 @@ void check_options(const BuildOptions& o) {
              o.router, o.weighting, o.scale);
     if (std::filesystem::exists(o.out_dir) && !o.force) fail("{}: output already exists (use --force to replace it)", o.out_dir);
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
+    if (o.plan_path.empty()) {
+        check_shared_count(o.shared, o.experts);
+        parse_shared_criterion(o.shared_criterion);
+        if (o.shared > 0 && o.calib_data.empty())
+            fail("--shared {} needs calibration text (--data FILE): shared experts are the neurons most active on it", o.shared);
+        if (o.shared > 0 && o.method == "gradient")
+            fail("--shared with --method gradient: the gradient split makes its own shared experts (split gradient --residual R)");
+        if (o.shared > 0 && f == MoEFormat::Mixtral)
+            fail("--shared {}: Mixtral has no always-active experts; use --format llama-moe (llama-moe-residual layout) or "
+                 "--format deepseek",
+                 o.shared);
+    }
+    if (o.refit && o.calib_data.empty()) fail("--refit needs calibration text (--data FILE)");
 }
 
 // The gradient split as `moefy build` runs it: the calibration text clustered
@@ -128,27 +142,55 @@ double active_ffn_fraction(const ExpertPlan& plan, int top_k) {
 }
 
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress) {
-    check_expert_count(o.experts, dense.config.intermediate_size);
-    if (o.method == "random") return random_split(dense, o.experts, o.seed);
-    if (o.method == "cluster") {
+                           const BuildProgress& progress, const NeuronActivity* activity) {
+    const int I = dense.config.intermediate_size;
+    check_expert_count(o.experts, I);
+    check_shared_count(o.shared, o.experts);
+    // Shared experts first: the most active neurons; the method splits the rest.
+    std::optional<SharedChoice> sc;
+    if (o.shared > 0) {
+        if (o.method == "gradient") fail("--shared with --method gradient: use split gradient --residual R");
+        const SharedCriterion crit = parse_shared_criterion(o.shared_criterion);
+        if (activity) {
+            sc = choose_shared(*activity, o.experts, o.shared, crit);
+        } else {
+            if (calib.empty()) fail("--shared {} needs calibration text (--data FILE)", o.shared);
+            auto model = Model::load(dense);
+            const NeuronActivity act =
+                collect_neuron_activity(*model, calib, shared_neuron_count(I, o.experts, o.shared), o.calib_tokens);
+            sc = choose_shared(act, o.experts, o.shared, crit);
+        }
+    }
+    const int routed = o.experts - o.shared;
+    ExpertPlan plan;
+    if (o.method == "random") {
+        plan = random_split(dense, o.experts, o.seed);
+        if (sc)
+            for (size_t l = 0; l < plan.layers.size(); ++l)
+                plan.layers[l].experts = random_partition_of(sc->rest[l], routed, o.seed, int(l));
+    } else if (o.method == "cluster") {
         ClusterSplitOptions c;
-        c.experts = o.experts;
+        c.experts = routed;
         c.seed = o.seed;
-        return cluster_split(dense, c, [&](int l, int n) {
+        if (sc) c.neurons = sc->rest;
+        plan = cluster_split(dense, c, [&](int l, int n) {
             if (progress) progress("split", double(l), double(n));
         });
-    }
-    if (o.method == "graph") {
+    } else if (o.method == "graph") {
         GraphSplitOptions g;
-        g.experts = o.experts;
+        g.experts = routed;
         g.seed = o.seed;
-        return graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
+        if (sc) g.neurons = sc->rest;
+        plan = graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
             if (progress) progress("split", d, n);
         });
+    } else if (o.method == "gradient") {
+        return gradient_build_plan(dense, o, progress);
+    } else {
+        fail("--method '{}': expected random, cluster, graph or gradient", o.method);
     }
-    if (o.method == "gradient") return gradient_build_plan(dense, o, progress);
-    fail("--method '{}': expected random, cluster, graph or gradient", o.method);
+    if (sc) attach_shared(plan, *sc);
+    return plan;
 }
 
 BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
@@ -205,6 +247,23 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     co.provenance = routing_provenance(o.router, o.weighting, o.scale, calib.empty() ? "" : o.calib_data, rb.calib_tokens);
     r.stages.push_back({"calibrate", since(t0)});
 
+    // refit: the down projections for the routing just built
+    if (o.refit) {
+        t0 = Clock::now();
+        auto model = Model::load(dense);
+        RefitOptions ropt;
+        ropt.max_tokens = ro.calib.max_tokens;
+        RefitResult rf = refit_down_projections(*model, r.plan, refit_routing(rb, o.top_k, ro.combine, ro.calib.shared_weight), calib,
+                                                ropt, [&](const char* stage, double d, double n) {
+                                                    if (progress) progress(stage, d, n);
+                                                });
+        r.refit = rf.layers;
+        co.down_proj = std::move(rf.down);
+        co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
+                                  {"held_out_every", ropt.val_every}};
+        r.stages.push_back({"refit", since(t0)});
+    }
+
     // convert
     t0 = Clock::now();
     r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) {
@@ -231,11 +290,20 @@ nlohmann::json build_json(const BuildResult& r) {
     const BuildOptions& o = r.options;
     nlohmann::json stages = nlohmann::json::object();
     for (const StageTime& s : r.stages) stages[s.name] = s.seconds;
-    nlohmann::json routers = nlohmann::json::array();
+    nlohmann::json routers = nlohmann::json::array(), routers_refit = nlohmann::json::array();
     for (size_t l = 0; l < r.routers.size(); ++l) {
         const LayerRouterReport& x = r.routers[l];
         routers.push_back({{"layer", l}, {"scale", x.scale}, {"temperature", x.temperature}, {"calib_rel_error", x.rel_error},
                            {"calib_mass", x.mass}});
+    }
+    if (!r.refit.empty()) {
+        nlohmann::json rl = nlohmann::json::array();
+        for (size_t l = 0; l < r.refit.size(); ++l) {
+            const RefitLayerReport& x = r.refit[l];
+            rl.push_back({{"layer", l}, {"refitted", x.refitted}, {"ridge", x.ridge}, {"lambda", x.lambda},
+                          {"val_rel_error_before", x.val_rel_error_before}, {"val_rel_error_after", x.val_rel_error_after}});
+        }
+        routers_refit = rl;
     }
     nlohmann::json widths = nlohmann::json::array(), shared = nlohmann::json::array();
     for (const LayerPlan& lp : r.plan.layers) {
@@ -259,11 +327,14 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"scale", o.scale},
                         {"seed", o.seed},
                         {"active_ffn_fraction", r.active_ffn_fraction},
+                        {"refit", o.refit},
                         {"calib_tokens", r.calib_tokens},
                         {"stages", stages},
                         {"total_seconds", r.total_seconds()},
                         {"routers", routers},
                         {"plan", {{"method", r.plan.method}, {"params", r.plan.params}, {"widths", widths}, {"shared_widths", shared}}}};
+    if (!routers_refit.empty()) j["refit_layers"] = routers_refit;
+    if (r.budget) j["budget"] = budget_json(*r.budget);
     if (r.eval) {
         j["dense_ppl"] = r.eval->dense.perplexity();
         j["moe_ppl"] = r.eval->moe.ppl.perplexity();
@@ -284,6 +355,7 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
         {"active FFN", fmt::format("{:.3f}", r.active_ffn_fraction)},
         {"router", r.options.router},
         {"weighting", r.options.weighting},
+        {"refit", r.options.refit ? "yes" : "no"},
     };
     if (r.eval) {
         t.push_back({"dense ppl", fmt::format("{:.3f}", r.eval->dense.perplexity())});
@@ -316,6 +388,26 @@ void write_build_report(const BuildResult& r, const std::string& path) {
     }
     in.plan = &r.plan;
     in.eval = r.eval ? &*r.eval : nullptr;
+    ReportScatter sc;
+    if (r.budget) {
+        const BudgetSearch& b = *r.budget;
+        sc.title = fmt::format("Budget search: active FFN fraction vs perplexity ratio (budget {:.3g})", b.budget);
+        sc.x_label = "active FFN fraction";
+        sc.y_label = "perplexity / dense (held-out calibration text)";
+        sc.y_line = b.budget;
+        for (size_t i = 0; i < b.evaluated.size(); ++i) {
+            const BudgetCandidate& c = b.evaluated[i];
+            sc.points.push_back({c.active, c.ratio,
+                                 fmt::format("{} split, {} experts, {} shared, top-{}, refit {}: ratio {:.3f}", c.method, c.experts,
+                                             c.shared, c.top_k, c.refit ? "on" : "off", c.ratio),
+                                 c.front, int(i) == b.winner});
+        }
+        in.scatter = &sc;
+        in.scatter_note = fmt::format(
+            "{} configurations evaluated ({} splits) in {:.0f} s on {} held-out calibration tokens; filled: the Pareto front; "
+            "large: the chosen one; dashed: the budget.",
+            b.evaluated.size(), b.plans, b.seconds, b.holdout_tokens);
+    }
     write_report_html(path, in);
 }
 

@@ -22,12 +22,15 @@
 #include "convert/convert.h"
 #include "data/documents.h"
 #include "eval/compare.h"
+#include "pipeline/budget.h"
+#include "route/refit.h"
 #include "route/router_fit.h"
 #include "split/expert_plan.h"
 
 namespace moefy {
 
 struct Checkpoint;
+struct NeuronActivity;
 
 struct BuildOptions {
     std::string model_dir;
@@ -38,7 +41,9 @@ struct BuildOptions {
     std::string method = "graph";  // random | cluster | graph | gradient
     std::string plan_path;         // use this plan instead of splitting (method is then taken from it)
     std::string save_plan;         // also write the plan here
-    int experts = 8;
+    int experts = 8;                   // experts per layer, shared ones included
+    int shared = 0;                    // of them always active (split/shared_split.h); needs calibration text
+    std::string shared_criterion = "mass";  // mass | rate
     uint64_t seed = 0;
 
     // MoE layout
@@ -51,6 +56,7 @@ struct BuildOptions {
     std::string router = "fit";        // random | centroid | fit
     std::string weighting = "uniform"; // softmax | uniform
     std::string scale = "fit";         // fit | auto (the weighting's natural value) | a number
+    bool refit = false;                // refit the down projections for the final routing (route/refit.h)
 
     // text
     std::string calib_data;   // calibration .jsonl/.txt: the graph split and fitted routers/scales need it
@@ -72,10 +78,12 @@ struct BuildResult {
     ExpertPlan plan;
     ConvertReport convert;
     std::vector<LayerRouterReport> routers;  // [layer] scale, temperature, calibration error and mass
+    std::vector<RefitLayerReport> refit;     // [layer] when options.refit
     size_t calib_tokens = 0;                 // calibration tokens the routers saw per layer
     double active_ffn_fraction = 0;
     std::optional<ReferenceComparison> eval;  // when eval_data was given
     std::vector<StageTime> stages;
+    std::optional<BudgetSearch> budget;       // build --budget: the search that chose this configuration
     double total_seconds() const;
 };
 
@@ -105,7 +113,10 @@ void write_build_report(const BuildResult& r, const std::string& path);
 
 // The split stage alone, as build runs it: a plan for `method` on `dense`
 // (calib: the tokenized calibration windows; only graph and gradient read them).
+// With opt.shared > 0 the opt.shared most active neuron groups become shared
+// experts (measured on calib, or taken from `activity` when given) and the method
+// splits the rest into opt.experts − opt.shared routed experts.
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& opt, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress = {});
+                           const BuildProgress& progress = {}, const NeuronActivity* activity = nullptr);
 
 }  // namespace moefy
