@@ -12,7 +12,7 @@
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
-#include "route/router_fit.h"
+#include "convert/routing.h"
 #include "split/expert_plan.h"
 #include "tokenizer/tokenizer.h"
 

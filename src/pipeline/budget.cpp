@@ -16,7 +16,8 @@
 #include "pipeline/build.h"
 #include "route/calibration.h"
 #include "route/refit.h"
-#include "route/router_fit.h"
+#include "convert/routing.h"
+#include "route/build_routers.h"
 #include "split/shared_split.h"
 #include "tokenizer/tokenizer.h"
 
@@ -220,6 +221,7 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
             fs::remove_all(p, ec);
         }
     } cleanup{scratch};
+    fs::create_directories(scratch);
     const std::string gate = resolved_gate(o, format);
 
     const std::vector<BudgetCandidate> space_c = budget_candidates(space, o.experts, format != MoEFormat::Mixtral);

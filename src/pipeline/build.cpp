@@ -155,10 +155,7 @@ ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const
             sc = choose_shared(*activity, o.experts, o.shared, crit);
         } else {
             if (calib.empty()) fail("--shared {} needs calibration text (--data FILE)", o.shared);
-            auto model = Model::load(dense);
-            const NeuronActivity act =
-                collect_neuron_activity(*model, calib, shared_neuron_count(I, o.experts, o.shared), o.calib_tokens);
-            sc = choose_shared(act, o.experts, o.shared, crit);
+            sc = measure_shared(dense, calib, o.experts, o.shared, crit, o.calib_tokens);
         }
     }
     const int routed = o.experts - o.shared;

@@ -2,7 +2,7 @@
 // `moefy build`: the whole job in one call, each stage timed:
 //
 //   split      random | cluster | graph | gradient -> ExpertPlan (or a given plan)
-//   calibrate  routers and per-layer output scales (route/router_fit.h); runs the
+//   calibrate  routers and per-layer output scales (route/build_routers.h); runs the
 //              dense model over calibration text when the router options need it
 //   convert    the MoE checkpoint (convert/convert.h), written atomically
 //   eval       dense vs MoE (vs oracle) on held-out text (eval/compare.h)
@@ -22,9 +22,9 @@
 #include "convert/convert.h"
 #include "data/documents.h"
 #include "eval/compare.h"
+#include "convert/routing.h"
 #include "pipeline/budget.h"
 #include "route/refit.h"
-#include "route/router_fit.h"
 #include "split/expert_plan.h"
 
 namespace moefy {
@@ -43,7 +43,7 @@ struct BuildOptions {
     std::string save_plan;         // also write the plan here
     int experts = 8;                   // experts per layer, shared ones included
     int shared = 0;                    // of them always active (split/shared_split.h); needs calibration text
-    std::string shared_criterion = "mass";  // mass | rate
+    std::string shared_criterion = "rate";  // rate | mass (rate measured better: docs/quality.md)
     uint64_t seed = 0;
 
     // MoE layout
@@ -52,7 +52,7 @@ struct BuildOptions {
     std::string gate;                  // mlp | linear; empty: the layout's default
     std::string dtype = "same";
 
-    // routing (see route/router_fit.h)
+    // routing (see route/build_routers.h)
     std::string router = "fit";        // random | centroid | fit
     std::string weighting = "uniform"; // softmax | uniform
     std::string scale = "fit";         // fit | auto (the weighting's natural value) | a number

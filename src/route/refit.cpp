@@ -9,8 +9,8 @@
 
 #include "common/error.h"
 #include "model/llama.h"
-#include "route/fit_router.h"
-#include "route/router_fit.h"
+#include "route/fitted_router.h"
+#include "route/build_routers.h"
 #include "split/expert_plan.h"
 
 extern "C" void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,

@@ -4,7 +4,7 @@
 
 #include "common/error.h"
 #include "model/moe_ffn.h"
-#include "route/fit_router.h"
+#include "route/fitted_router.h"
 
 namespace moefy {
 

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "model/checkpoint.h"
 #include "model/llama.h"
 #include "split/random_split.h"
 
@@ -150,6 +151,15 @@ void attach_shared(ExpertPlan& plan, const SharedChoice& choice) {
     plan.params["shared"] = choice.shared;
     plan.params["shared_criterion"] = shared_criterion_name(choice.criterion);
     plan.params["experts"] = choice.experts - choice.shared;
+}
+
+SharedChoice measure_shared(const Checkpoint& dense, const std::vector<TokenWindow>& windows, int experts, int shared,
+                            SharedCriterion c, size_t max_tokens) {
+    const int I = dense.config.intermediate_size;
+    check_expert_count(experts, I);
+    check_shared_count(shared, experts);
+    auto model = Model::load(dense);
+    return choose_shared(collect_neuron_activity(*model, windows, shared_neuron_count(I, experts, shared), max_tokens), experts, shared, c);
 }
 
 std::vector<std::vector<int32_t>> random_partition_of(const std::vector<int32_t>& rest, int experts, uint64_t seed, int layer) {

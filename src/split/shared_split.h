@@ -64,6 +64,12 @@ void attach_shared(ExpertPlan& plan, const SharedChoice& choice);
 // The routed experts of a random split of `rest` into `experts` (seeded per layer as random_split).
 std::vector<std::vector<int32_t>> random_partition_of(const std::vector<int32_t>& rest, int experts, uint64_t seed, int layer);
 
+// The whole choice from calibration text: one dense pass over `windows` (at most
+// max_tokens tokens) measures the activity, then choose_shared.
+struct Checkpoint;
+SharedChoice measure_shared(const Checkpoint& dense, const std::vector<TokenWindow>& windows, int experts, int shared,
+                            SharedCriterion c, size_t max_tokens);
+
 // Checks `shared` against `experts`: 0 <= N <= E - 2 (at least two routed experts remain).
 void check_shared_count(int shared, int experts);
 
