@@ -36,7 +36,7 @@ split() {  # model calib experts shared criterion plan
     local model=$1 calib=$2 experts=$3 shared=$4 crit=$5 plan=$6
     [ -f "$plan" ] && return 0
     nice -n 10 "$MOEFY" build --model "$model" --method graph --experts "$experts" --shared "$shared" --shared-criterion "$crit" \
-        --top-k 1 --router random --weighting softmax --scale auto --data "$calib" --calib-tokens "$CALIB_TOKENS" \
+        --top-k 1 --router random --weighting softmax --scale auto --no-refit --data "$calib" --calib-tokens "$CALIB_TOKENS" \
         --save-plan "$plan.tmp" --out "$QDIR/tmp-model" --force --json > /dev/null
     mv "$plan.tmp" "$plan"
 }
@@ -49,23 +49,27 @@ measure() {  # name model calib eval experts "k..." half_k quarter_k
     split "$model" "$calib" "$E" 0 rate "$d/plan-s0.json"
     split "$model" "$calib" "$E" 1 rate "$d/plan-s1.json"
     split "$model" "$calib" "$E" 1 mass "$d/plan-s1-mass.json"
+    local r="$name $model $calib $eval"
+    # Most telling first (the run is long on a busy machine): half active, then a quarter, then top-1.
+    run $r "$d/plan-s0.json" "$d/refit-k$half.json" --top-k "$half" --refit --oracle
+    run $r "$d/plan-s1.json" "$d/s1-refit-k$((half - 1)).json" --top-k $((half - 1)) --refit --oracle
     for k in $ks; do
-        run "$name" "$model" "$calib" "$eval" "$d/plan-s0.json" "$d/ref-k$k.json" --top-k "$k" --router random --weighting softmax --scale auto
-        run "$name" "$model" "$calib" "$eval" "$d/plan-s0.json" "$d/refit-k$k.json" --top-k "$k" --refit --oracle
+        run $r "$d/plan-s0.json" "$d/ref-k$k.json" --top-k "$k" --router random --weighting softmax --scale auto --no-refit
+        run $r "$d/plan-s0.json" "$d/refit-k$k.json" --top-k "$k" --refit --oracle
+        if [ "$k" -eq "$quarter" ] && [ "$quarter" -gt 1 ]; then
+            run $r "$d/plan-s1.json" "$d/s1-refit-k$((quarter - 1)).json" --top-k $((quarter - 1)) --refit --oracle
+        fi
     done
-    # shared 1 + refit at the same active fractions as top-half / top-quarter of E routed
-    run "$name" "$model" "$calib" "$eval" "$d/plan-s1.json" "$d/s1-refit-k$((half - 1)).json" --top-k $((half - 1)) --refit --oracle
-    [ "$quarter" -gt 1 ] && run "$name" "$model" "$calib" "$eval" "$d/plan-s1.json" "$d/s1-refit-k$((quarter - 1)).json" --top-k $((quarter - 1)) --refit --oracle
-    run "$name" "$model" "$calib" "$eval" "$d/plan-s1-mass.json" "$d/s1mass-refit-k$((half - 1)).json" --top-k $((half - 1)) --refit
+    run $r "$d/plan-s1-mass.json" "$d/s1mass-refit-k$((half - 1)).json" --top-k $((half - 1)) --refit
 }
 
-measure demo models/tinyllama-demo data/calib.jsonl data/eval.jsonl 8 "1 2 4" 4 2
 SHARED=../shared/fixtures/stories260K
 if [ -f "$SHARED/model.safetensors" ]; then
-    measure stories260K "$SHARED" "$SHARED/calib.jsonl" "$SHARED/eval.jsonl" 4 "1 2 3" 2 1
+    measure stories260K "$SHARED" "$SHARED/calib.jsonl" "$SHARED/eval.jsonl" 4 "2 1 3" 2 1
 else
     echo "($SHARED not present: stories260K skipped)"
 fi
+measure demo models/tinyllama-demo data/calib.jsonl data/eval.jsonl 8 "4 2 1" 4 2
 rm -rf "$QDIR/tmp-model"
 
 python3 - "$QDIR" "$OUT_DOC" "$(( $(date +%s) - START ))" <<'PY'
@@ -96,7 +100,7 @@ for name in ("demo", "stories260K"):
     d = os.path.join(qdir, name)
     E = m["experts"]
     rows = []
-    for k in m["ks"]:
+    for k in sorted(m["ks"]):
         rows.append(("top-%d of %d, refit" % (k, E), load(os.path.join(d, "refit-k%d.json" % k)), load(os.path.join(d, "ref-k%d.json" % k))))
     for k in sorted({m["half"] - 1, m["quarter"] - 1}):
         if k >= 1:

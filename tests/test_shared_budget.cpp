@@ -90,6 +90,7 @@ TEST(SharedExperts, EveryMethodSplitsTheRestAndLayoutsWriteThem) {
     BuildOptions o;
     o.experts = 4;  // width 8
     o.shared = 1;
+    o.shared_criterion = "mass";  // what the observer below measures
     o.calib_tokens = 100000;
     for (const char* method : {"random", "cluster", "graph"}) {
         o.method = method;

@@ -45,7 +45,7 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--shared-criterion", b.shared_criterion, "Shared neurons by activation mass (mean |h|) or rate")
         ->capture_default_str();
-    cmd->add_flag("--refit,!--no-refit", b.refit, "Refit the down projections for the final routing on --data")
+    cmd->add_flag("--refit,!--no-refit", b.refit, "Refit the down projections for the final routing on --data (on when --data is given)")
         ->capture_default_str();
     cmd->add_option("--format", b.format, "Output layout: llama-moe | mixtral | deepseek")->capture_default_str();
     cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");

@@ -78,7 +78,6 @@ void check_options(const BuildOptions& o) {
                  "--format deepseek",
                  o.shared);
     }
-    if (o.refit && o.calib_data.empty()) fail("--refit needs calibration text (--data FILE)");
 }
 
 // The gradient split as `moefy build` runs it: the calibration text clustered
@@ -245,7 +244,8 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     r.stages.push_back({"calibrate", since(t0)});
 
     // refit: the down projections for the routing just built
-    if (o.refit) {
+    r.options.refit = o.refit && !calib.empty();
+    if (r.options.refit) {
         t0 = Clock::now();
         auto model = Model::load(dense);
         RefitOptions ropt;
@@ -325,6 +325,7 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"seed", o.seed},
                         {"active_ffn_fraction", r.active_ffn_fraction},
                         {"refit", o.refit},
+                        {"shared_criterion", o.shared_criterion},
                         {"calib_tokens", r.calib_tokens},
                         {"stages", stages},
                         {"total_seconds", r.total_seconds()},
@@ -352,13 +353,13 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
         {"active FFN", fmt::format("{:.3f}", r.active_ffn_fraction)},
         {"router", r.options.router},
         {"weighting", r.options.weighting},
-        {"refit", r.options.refit ? "yes" : "no"},
     };
     if (r.eval) {
         t.push_back({"dense ppl", fmt::format("{:.3f}", r.eval->dense.perplexity())});
         t.push_back({"MoE ppl", fmt::format("{:.3f}", r.eval->moe.ppl.perplexity())});
         if (r.eval->oracle) t.push_back({"oracle ppl", fmt::format("{:.3f}", r.eval->oracle->ppl.perplexity())});
     }
+    t.push_back({"refit", r.options.refit ? "yes" : "no"});
     for (const StageTime& s : r.stages) t.push_back({s.name + " s", fmt::format("{:.1f}", s.seconds)});
     t.push_back({"total s", fmt::format("{:.1f}", r.total_seconds())});
     return t;
