@@ -179,7 +179,7 @@ TEST(Refit, ConvertedModelCarriesTheRefitAndErrsLess) {
         ConvertOptions co;
         co.format = MoEFormat::LlamaMoE;
         co.top_k = 2;
-        co.gate = "linear";
+        co.gate = GateKind::Linear;
         co.dtype = DType::F32;
         set_convert_routing(rb, co);
         if (refit) co.down_proj = r.down;

@@ -390,7 +390,7 @@ TEST(RouterBuild, ConvertedModelsRouteAndWeightAsTheBuildSays) {
             ConvertOptions co;
             co.format = fmt;
             co.top_k = 2;
-            co.gate = ro.mlp ? "mlp" : "linear";
+            co.gate = ro.mlp ? GateKind::Mlp : GateKind::Linear;
             co.dtype = DType::F32;  // exact router weights, so the check below is tight
             set_convert_routing(b, co);
             const std::string out = ts.tmp.path + "/moe";

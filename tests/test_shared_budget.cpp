@@ -90,37 +90,37 @@ TEST(SharedExperts, EveryMethodSplitsTheRestAndLayoutsWriteThem) {
     BuildOptions o;
     o.experts = 4;  // width 8
     o.shared = 1;
-    o.shared_criterion = "mass";  // what the observer below measures
+    o.shared_criterion = SharedCriterion::Mass;  // what the observer below measures
     o.calib_tokens = 100000;
-    for (const char* method : {"random", "cluster", "graph"}) {
+    for (SplitMethod method : {SplitMethod::Random, SplitMethod::Cluster, SplitMethod::Graph}) {
         o.method = method;
         const ExpertPlan p = make_build_plan(dense, o, windows);
-        ASSERT_EQ(p.num_experts(), 3) << method;
-        ASSERT_EQ(p.num_shared(), 1) << method;
+        ASSERT_EQ(p.num_experts(), 3) << split_method_name(method);
+        ASSERT_EQ(p.num_shared(), 1) << split_method_name(method);
         for (size_t l = 0; l < p.layers.size(); ++l) {
             const LayerPlan& lp = p.layers[l];
             ASSERT_EQ(lp.shared[0].size(), 8u);
             // The shared neurons are the 8 of highest mean |h|.
             const std::vector<int32_t> top = top_neurons(mo.sum[l], 8);
             EXPECT_EQ(std::set<int32_t>(lp.shared[0].begin(), lp.shared[0].end()), std::set<int32_t>(top.begin(), top.end()))
-                << method << " layer " << l;
+                << split_method_name(method) << " layer " << l;
             std::vector<int32_t> all(lp.shared[0]);
             for (const auto& e : lp.experts) {
-                EXPECT_EQ(e.size(), 8u) << method;
+                EXPECT_EQ(e.size(), 8u) << split_method_name(method);
                 all.insert(all.end(), e.begin(), e.end());
             }
             std::sort(all.begin(), all.end());
-            for (int i = 0; i < 32; ++i) EXPECT_EQ(all[size_t(i)], i) << method << ": not a partition";
+            for (int i = 0; i < 32; ++i) EXPECT_EQ(all[size_t(i)], i) << split_method_name(method) << ": not a partition";
         }
         EXPECT_EQ(p.params["shared"], 1);
     }
-    o.method = "random";
+    o.method = SplitMethod::Random;
     const ExpertPlan p = make_build_plan(dense, o, windows);
     for (MoEFormat f : {MoEFormat::LlamaMoE, MoEFormat::Deepseek}) {
         ConvertOptions co;
         co.format = f;
         co.top_k = 2;
-        co.gate = "linear";
+        co.gate = GateKind::Linear;
         const std::string out = tmp.path + "/" + moe_format_name(f);
         const ConvertReport r = convert_checkpoint(dense, p, out, co);
         EXPECT_EQ(r.num_shared, 1);
@@ -135,7 +135,7 @@ TEST(SharedExperts, EveryMethodSplitsTheRestAndLayoutsWriteThem) {
     BuildOptions b;
     b.model_dir = tmp.path + "/dense";
     b.out_dir = tmp.path + "/b";
-    b.format = "mixtral";
+    b.format = MoEFormat::Mixtral;
     b.shared = 1;
     b.experts = 4;
     b.calib_data = "x.jsonl";

@@ -134,11 +134,6 @@ BudgetSearch search_budget(const std::vector<BudgetCandidate>& space, double bud
 
 namespace {
 
-std::string resolved_gate(const BuildOptions& o, MoEFormat f) {
-    if (!o.gate.empty()) return o.gate;
-    return f == MoEFormat::LlamaMoE ? "mlp" : "linear";
-}
-
 // Routers fitted once per plan; the scale refitted per top-k (closed form).
 RouterBuild rescale_for_k(const RouterBuild& fitted, const std::vector<LayerCalib>& stats, const RouterOptions& ro, int k) {
     RouterBuild rb = fitted;
@@ -174,7 +169,11 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
     if (o.calib_data.empty()) fail("--budget needs calibration text (--data FILE): the search measures on its held-out part");
     if (!o.plan_path.empty()) fail("--budget searches the split itself: it does not take --plan");
     if (std::filesystem::exists(o.out_dir) && !o.force) fail("{}: output already exists (use --force to replace it)", o.out_dir);
-    const MoEFormat format = parse_moe_format(o.format);
+    const MoEFormat format = o.format;
+    for (const std::string& m : space.methods) {
+        const SplitMethod sm = parse_split_method(m);
+        if (sm == SplitMethod::Gradient) fail("--budget-methods: the gradient split is not searched (it takes minutes per plan)");
+    }
     Checkpoint dense = Checkpoint::open(o.model_dir);
     if (dense.config.is_moe()) fail("{}: is already an MoE model; build takes a dense model", o.model_dir);
     check_context(dense.config, o.ctx, o.model_dir);
@@ -222,7 +221,16 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
         }
     } cleanup{scratch};
     fs::create_directories(scratch);
-    const std::string gate = resolved_gate(o, format);
+    // The converter's options for the layout (routing filled in per candidate).
+    auto layout = [&](int top_k) {
+        ConvertOptions co;
+        co.format = format;
+        co.top_k = top_k;
+        co.gate = o.gate;
+        co.dtype = o.dtype;
+        co.seed = o.seed;
+        return co;
+    };
 
     const std::vector<BudgetCandidate> space_c = budget_candidates(space, o.experts, format != MoEFormat::Mixtral);
     if (space_c.empty()) fail("--budget: the search space is empty");
@@ -231,7 +239,7 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
         const std::string pk = plan_key(c);
         if (!plans.count(pk)) {
             BuildOptions po = o;
-            po.method = c.method;
+            po.method = parse_split_method(c.method);
             po.experts = c.experts;
             po.shared = c.shared;
             const NeuronActivity* act = nullptr;
@@ -251,7 +259,7 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
             co.max_tokens = kept;
             ps.stats = calibration_from_acts(*model, ps.plan, acts, co);
             const int routed = c.experts - c.shared;
-            ps.ro = parse_router_options(o.router, o.weighting, o.scale, format, gate == "mlp", std::max(1, routed / 2), o.seed);
+            ps.ro = router_options(o.routing, layout(std::max(1, routed / 2)));
             ps.ro.fit.iters = 150;  // the search's budget; the final router is this one too
             ps.fitted = build_routers_from_stats(dense, ps.plan, ps.ro, ps.stats);
             plans.emplace(pk, std::move(ps));
@@ -260,11 +268,7 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
         const PlanState& ps = plans.at(pk);
         Artifacts art;
         art.rb = rescale_for_k(ps.fitted, ps.stats, ps.ro, c.top_k);
-        ConvertOptions co;
-        co.format = format;
-        co.top_k = c.top_k;
-        co.gate = gate;
-        co.dtype = parse_out_dtype(o.dtype);
+        ConvertOptions co = layout(c.top_k);
         co.force = true;
         set_convert_routing(art.rb, co);
         if (c.refit) {
@@ -312,7 +316,7 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
     Artifacts& art = artifacts.at(cand_key(w));
     BuildResult r;
     r.options = o;
-    r.options.method = w.method;
+    r.options.method = parse_split_method(w.method);
     r.options.experts = w.experts;
     r.options.shared = w.shared;
     r.options.top_k = w.top_k;
@@ -323,15 +327,10 @@ BuildResult run_budget_build(const BuildOptions& o, double budget, const BudgetS
     r.active_ffn_fraction = active_ffn_fraction(r.plan, w.top_k);
     r.stages.push_back({"search", t_search});
     auto t0 = Clock::now();
-    ConvertOptions co;
-    co.format = format;
-    co.top_k = w.top_k;
-    co.gate = gate;
-    co.dtype = parse_out_dtype(o.dtype);
-    co.seed = o.seed;
+    ConvertOptions co = layout(w.top_k);
     co.force = o.force;
     set_convert_routing(art.rb, co);
-    co.provenance = routing_provenance(o.router, o.weighting, o.scale, o.calib_data, search.fit_tokens);
+    co.provenance = routing_provenance(o.routing, o.calib_data, search.fit_tokens);
     if (w.refit) {
         RefitOptions ropt;
         ropt.max_tokens = kept;

@@ -26,36 +26,44 @@
 #include "pipeline/budget.h"
 #include "route/refit.h"
 #include "split/expert_plan.h"
+#include "split/shared_split.h"
 
 namespace moefy {
 
 struct Checkpoint;
 struct NeuronActivity;
 
+// --method. A new split method: a value here, its name in the table, a case in make_build_plan.
+enum class SplitMethod { Random, Cluster, Graph, Gradient };
+inline constexpr EnumName<SplitMethod> split_method_names[] = {
+    {SplitMethod::Random, "random"}, {SplitMethod::Cluster, "cluster"}, {SplitMethod::Graph, "graph"},
+    {SplitMethod::Gradient, "gradient"}};
+inline SplitMethod parse_split_method(const std::string& s) { return parse_enum(split_method_names, s, "--method"); }
+inline const char* split_method_name(SplitMethod m) { return enum_name(split_method_names, m); }
+
+// Every option typed: the CLI parses words into these once; the stages read them as they are.
 struct BuildOptions {
     std::string model_dir;
     std::string out_dir;
     bool force = false;
 
     // split
-    std::string method = "graph";  // random | cluster | graph | gradient
-    std::string plan_path;         // use this plan instead of splitting (method is then taken from it)
+    SplitMethod method = SplitMethod::Graph;
+    std::string plan_path;         // use this plan instead of splitting (method and experts come from it)
     std::string save_plan;         // also write the plan here
     int experts = 8;                   // experts per layer, shared ones included
     int shared = 0;                    // of them always active (split/shared_split.h); needs calibration text
-    std::string shared_criterion = "rate";  // rate | mass (rate measured better: docs/quality.md)
+    SharedCriterion shared_criterion = SharedCriterion::Rate;  // rate measured better (docs/quality.md)
     uint64_t seed = 0;
 
     // MoE layout
-    std::string format = "llama-moe";  // llama-moe | mixtral | deepseek
+    MoEFormat format = MoEFormat::LlamaMoE;
     int top_k = 2;
-    std::string gate;                  // mlp | linear; empty: the layout's default
-    std::string dtype = "same";
+    std::optional<GateKind> gate;  // nullopt: the layout's default
+    std::optional<DType> dtype;    // nullopt: same as the source
 
-    // routing (see route/build_routers.h)
-    std::string router = "fit";        // random | centroid | fit
-    std::string weighting = "uniform"; // softmax | uniform
-    std::string scale = "fit";         // fit | auto (the weighting's natural value) | a number
+    // routing (convert/routing.h): by default a fitted router, uniform weights, fitted scales
+    RoutingChoice routing{RouterKind::Fit, Weighting::Uniform, RoutedScale::fit()};
     // Refit the down projections for the final routing (route/refit.h) when there is
     // calibration text: on by default (demo, graph top-4: 1.347 -> 1.266 x dense).
     bool refit = true;

@@ -12,22 +12,6 @@
 
 namespace moefy {
 
-const char* router_kind_name(RouterKind k) {
-    switch (k) {
-        case RouterKind::Random: return "random";
-        case RouterKind::Centroid: return "centroid";
-        case RouterKind::Fit: return "fit";
-    }
-    return "?";
-}
-
-RouterKind parse_router_kind(const std::string& s) {
-    if (s == "random") return RouterKind::Random;
-    if (s == "centroid") return RouterKind::Centroid;
-    if (s == "fit") return RouterKind::Fit;
-    fail("--router '{}': expected random, centroid or fit", s);
-}
-
 bool needs_calibration(const RouterOptions& opt) {
     return opt.kind == RouterKind::Fit || opt.fit_scale ||
            (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random);

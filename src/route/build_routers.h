@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/enum_names.h"
 #include "data/documents.h"
 #include "route/calibration.h"
 #include "route/fitted_router.h"
@@ -34,8 +35,10 @@ struct Checkpoint;
 struct ExpertPlan;
 
 enum class RouterKind { Random, Centroid, Fit };
-const char* router_kind_name(RouterKind k);
-RouterKind parse_router_kind(const std::string& s);  // "random" | "centroid" | "fit"
+inline constexpr EnumName<RouterKind> router_kind_names[] = {
+    {RouterKind::Random, "random"}, {RouterKind::Centroid, "centroid"}, {RouterKind::Fit, "fit"}};
+inline const char* router_kind_name(RouterKind k) { return enum_name(router_kind_names, k); }
+inline RouterKind parse_router_kind(const std::string& s) { return parse_enum(router_kind_names, s, "--router"); }
 
 // How the converter weights the experts of one layer after the top-k:
 //   SoftmaxTopK: softmax over the k selected logits (llama-moe, mixtral);

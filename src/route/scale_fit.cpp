@@ -8,14 +8,6 @@
 
 namespace moefy {
 
-const char* weighting_name(Weighting w) { return w == Weighting::Softmax ? "softmax" : "uniform"; }
-
-Weighting parse_weighting(const std::string& s) {
-    if (s == "softmax") return Weighting::Softmax;
-    if (s == "uniform") return Weighting::Uniform;
-    fail("--weighting '{}': expected softmax or uniform", s);
-}
-
 namespace {
 
 // w[j] = softmax(β·z)[sel_j], over the k selected logits or over all E.

@@ -11,13 +11,9 @@
 
 namespace moefy {
 
-SharedCriterion parse_shared_criterion(const std::string& s) {
-    if (s == "mass") return SharedCriterion::Mass;
-    if (s == "rate") return SharedCriterion::Rate;
-    fail("--shared-criterion '{}': expected mass or rate", s);
-}
+SharedCriterion parse_shared_criterion(const std::string& s) { return parse_enum(shared_criterion_names, s, "--shared-criterion"); }
 
-const char* shared_criterion_name(SharedCriterion c) { return c == SharedCriterion::Mass ? "mass" : "rate"; }
+const char* shared_criterion_name(SharedCriterion c) { return enum_name(shared_criterion_names, c); }
 
 NeuronActivity::NeuronActivity(int layers, int intermediate_size, int top_count_k)
     : I(intermediate_size), top(std::clamp(top_count_k, 1, intermediate_size)) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/enum_names.h"
 #include "data/documents.h"
 #include "split/expert_plan.h"
 
@@ -20,7 +21,9 @@ namespace moefy {
 class Model;
 
 enum class SharedCriterion { Mass, Rate };
-SharedCriterion parse_shared_criterion(const std::string& s);  // "mass" | "rate"
+inline constexpr EnumName<SharedCriterion> shared_criterion_names[] = {{SharedCriterion::Rate, "rate"},
+                                                                      {SharedCriterion::Mass, "mass"}};
+SharedCriterion parse_shared_criterion(const std::string& s);  // "rate" | "mass"
 const char* shared_criterion_name(SharedCriterion c);
 
 // Per-neuron activity of the dense FFNs, accumulated token by token.
