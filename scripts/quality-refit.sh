@@ -6,6 +6,7 @@
 # markers; the rest of the file, made by scripts/quality.sh, is left as it is).
 #
 #   bash scripts/quality-refit.sh      # resumable: finished runs are kept in $QDIR and skipped
+#   REPORT_ONLY=1 bash scripts/quality-refit.sh   # only rewrite the section from the runs finished so far
 #
 # Runs per model: the reference router (random, softmax, E/k) at every top-k, for the
 # gap closed; the default router with --refit at every top-k (with its oracle); shared
@@ -64,13 +65,15 @@ measure() {  # name model calib eval experts "k..." half_k quarter_k
 }
 
 SHARED=../shared/fixtures/stories260K
-if [ -f "$SHARED/model.safetensors" ]; then
+if [ -n "${REPORT_ONLY:-}" ]; then
+    :
+elif [ -f "$SHARED/model.safetensors" ]; then
     measure stories260K "$SHARED" "$SHARED/calib.jsonl" "$SHARED/eval.jsonl" 4 "2 1 3" 2 1
 else
     echo "($SHARED not present: stories260K skipped)"
 fi
-measure demo models/tinyllama-demo data/calib.jsonl data/eval.jsonl 8 "4 2 1" 4 2
-rm -rf "$QDIR/tmp-model"
+[ -n "${REPORT_ONLY:-}" ] || measure demo models/tinyllama-demo data/calib.jsonl data/eval.jsonl 8 "4 2 1" 4 2
+[ -n "${REPORT_ONLY:-}" ] || rm -rf "$QDIR/tmp-model"
 
 python3 - "$QDIR" "$OUT_DOC" "$(( $(date +%s) - START ))" <<'PY'
 import json, math, os, sys, datetime
@@ -89,7 +92,8 @@ w("uniform, fitted scale); *refit*: `--refit`, each layer's down projections ref
 w("router's routing on the calibration text (λ chosen on held-out calibration tokens); *shared*: `--shared 1`, the")
 w("I/E neurons of highest activation rate become an always-active expert and top-k counts routed experts only. Same")
 w("evaluation tokens as the tables above. *Gap closed* as in target 1, against this construction's own oracle.")
-w("Sequential calibration (`--sequential`) is not implemented yet, so it has no row.")
+w("Sequential calibration (`--sequential`) is not implemented yet, so it has no row. Runs not finished when the")
+w("section was written show as missing rows (the script is resumable; rerun it to fill them in).")
 w("")
 w("| model | construction | active FFN | MoE ppl | × dense | oracle ppl | reference ppl | gap closed |")
 w("|---|---|---|---|---|---|---|---|")
