@@ -483,6 +483,48 @@ TEST(GgufDemo, ResidualPlanIsDeepseekAndEqualsTheDeepseekLayout) {
     EXPECT_EQ(f.tensor("blk.1.ffn_down_shexp.weight").ne, (std::vector<int64_t>{192, 192}));
 }
 
+// Refitted down projections (route/refit.h) reach the GGUF file as they reach
+// the safetensors layouts: routed and shared experts gather their columns from
+// ConvertOptions::down_proj. A perturbed copy of the dense down projection
+// stands in for a refit, so the test sees whether the values were taken at all.
+TEST(GgufDemo, RefittedDownProjectionsEqualTheSafetensorsLayouts) {
+    Demo& d = demo();
+    TempDir tmp;
+    const int L = d.ck.config.num_layers, H = d.ck.config.hidden_size, I = d.ck.config.intermediate_size;
+    std::vector<std::vector<float>> down(static_cast<size_t>(L));
+    for (int l = 0; l < L; ++l) {
+        down[size_t(l)] = d.ck.tensors->read_f32(names::dense_ffn(l, "down"));
+        ASSERT_EQ(down[size_t(l)].size(), size_t(H) * size_t(I));
+        Rng rng(5, uint64_t(l));
+        for (float& v : down[size_t(l)]) v *= 1.0f + 0.5f * float(rng.uniform() - 0.5);
+    }
+    const ExpertPlan routed = random_split(d.ck, 8, 0);
+    const ExpertPlan residual = residual_plan(d.ck, 192, 6);
+    struct Case {
+        const ExpertPlan* plan;
+        MoEFormat format;
+    } cases[] = {{&routed, MoEFormat::Mixtral}, {&residual, MoEFormat::Deepseek}};
+    int n = 0;
+    for (const Case& c : cases) {
+        ConvertOptions o = f32_opts(c.format, 2);
+        o.down_proj = down;
+        const std::string st = tmp.path + fmt::format("/st{}", n), gg = tmp.path + fmt::format("/g{}.gguf", n);
+        ++n;
+        convert_checkpoint(d.ck, *c.plan, st, o);
+        ConvertOptions og = f32_opts(MoEFormat::LlamaMoE, 2);
+        og.down_proj = down;
+        GgufOptions g;
+        g.type = GgmlType::F32;
+        convert_to_gguf(d.ck, c.plan, gg, og, g);
+        ConvertOptions plain = f32_opts(MoEFormat::LlamaMoE, 2);
+        const std::string pl = tmp.path + fmt::format("/plain{}.gguf", n);
+        convert_to_gguf(d.ck, c.plan, pl, plain, g);
+        const double a = d.nll(st), b = d.nll(gg), unrefit = d.nll(pl);
+        EXPECT_LT(rel(b, a), 1e-3) << moe_format_name(c.format) << ": safetensors " << a << " gguf " << b;
+        EXPECT_GT(rel(b, unrefit), 1e-3) << "the perturbed down projections changed nothing";
+    }
+}
+
 TEST(GgufDemo, Bf16AndQ8WithinTheirRounding) {
     Demo& d = demo();
     TempDir tmp;

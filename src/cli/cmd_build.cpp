@@ -32,13 +32,21 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
         BuildOptions b;
         std::string report;
         bool json = false;
+        double budget = 0;
+        BudgetSpace space;
     };
     auto o = std::make_shared<Opts>();
     BuildOptions& b = o->b;
     cmd->add_option("--model", b.model_dir, "Dense model directory")->required();
     cmd->add_option("--out", b.out_dir, "Output MoE model directory")->required();
     add_enum_option(cmd, "--method", b.method, split_method_names, "Split");
-    cmd->add_option("--experts", b.experts, "Routed experts per layer")->capture_default_str();
+    cmd->add_option("--experts", b.experts, "Experts per layer, shared ones included")->capture_default_str();
+    cmd->add_option("--shared", b.shared, "Of the experts, this many always active: the most active neurons on --data")
+        ->capture_default_str();
+    add_enum_option(cmd, "--shared-criterion", b.shared_criterion, shared_criterion_names,
+                    "Shared neurons by activation rate or mass (mean |h|)");
+    cmd->add_flag("--refit,!--no-refit", b.refit,
+                  "Refit the down projections for the final routing on --data (on when --data is given)");
     add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype, b.q8_0);
     cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");
     cmd->add_option("--eval-data", b.eval_data, "Held-out text: evaluate dense vs MoE at the end");
@@ -50,6 +58,13 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     cmd->add_option("--seed", b.seed, "Seed of every random choice")->capture_default_str();
     cmd->add_option("--plan", b.plan_path, "Use this expert plan instead of splitting");
     cmd->add_option("--save-plan", b.save_plan, "Also write the expert plan here");
+    cmd->add_option("--budget", o->budget,
+                    "Search methods x shared x top-k x refit for the smallest active FFN within RATIO x dense perplexity "
+                    "on held-out calibration text, then build and evaluate the winner");
+    cmd->add_option("--budget-methods", o->space.methods, "Split methods the budget search tries")->delimiter(',')
+        ->capture_default_str();
+    cmd->add_option("--budget-shared", o->space.shared, "Shared-expert counts the budget search tries")->delimiter(',')
+        ->capture_default_str();
     cmd->add_flag("--oracle", b.oracle, "Also evaluate oracle routing (needs --eval-data)");
     cmd->add_option("--report", o->report, "Write a self-contained HTML report here");
     cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
@@ -59,14 +74,15 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
             fail("--report needs --eval-data (the report plots the evaluation)");
         std::unique_ptr<ProgressBar> bar;
         std::string current;
-        BuildResult r = run_build(o->b, [&](const std::string& stage, double d, double n) {
+        auto progress = [&](const std::string& stage, double d, double n) {
             if (stage != current) {
                 bar.reset();
                 bar = std::make_unique<ProgressBar>(stage);
                 current = stage;
             }
             bar->update(d, n);
-        });
+        };
+        BuildResult r = o->budget > 0 ? run_budget_build(o->b, o->budget, o->space, progress) : run_build(o->b, progress);
         bar.reset();
         if (!o->report.empty()) write_build_report(r, o->report);
         if (o->json) {
@@ -74,6 +90,12 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
             if (!o->report.empty()) j["report"] = o->report;
             fmt::print("{}\n", j.dump(2));
             return;
+        }
+        if (r.budget) {
+            const BudgetSearch& s = *r.budget;
+            fmt::print("budget search: {} configurations ({} splits) in {:.0f} s, dense perplexity {:.3f} on {} held-out "
+                       "calibration tokens; Pareto front:\n{}",
+                       s.evaluated.size(), s.plans, s.seconds, s.dense_ppl, s.holdout_tokens, budget_table(s));
         }
         fmt::print("wrote {} ({} layout, {} gate)\n", r.options.out_dir, r.convert.layout, r.convert.gate);
         if (r.eval)

@@ -1,8 +1,10 @@
 // moefy split cluster --model M --experts 8 [--proj up|gate] [--metric l2|cos|spherical] [--seed 0]
 //                     [--restarts 10] [--max-iter 500] [--tol 1e-4] --out plan.json
 #include "cli/cli_common.h"
+#include "cli/shared_cli.h"
 #include "model/checkpoint.h"
 #include "split/cluster_split.h"
+#include "split/shared_split.h"
 
 namespace moefy::cli {
 
@@ -11,6 +13,7 @@ MOEFY_COMMAND(21, [](CLI::App& app) {
     struct Opts {
         std::string model, out;
         ClusterSplitOptions s;
+        SharedCli shared;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Dense model directory")->required();
@@ -23,11 +26,16 @@ MOEFY_COMMAND(21, [](CLI::App& app) {
     cmd->add_option("--max-iter", o->s.max_iter, "Iterations per restart")->capture_default_str();
     cmd->add_option("--tol", o->s.tol, "Convergence tolerance (relative, as sklearn)")->capture_default_str();
     cmd->add_option("--out", o->out, "Output plan (JSON)")->required();
+    o->shared.add(cmd);
     cmd->callback([o] {
         Checkpoint ck = Checkpoint::open(o->model);
+        const std::optional<SharedChoice> sc = o->shared.choose(ck, o->model, o->s.experts);
+        ClusterSplitOptions s = o->s;
+        if (sc) s.experts -= sc->shared, s.neurons = sc->rest;
         ProgressBar bar("cluster");
-        ExpertPlan p = cluster_split(ck, o->s, [&](int l, int n) { bar.update(l, n, "layers"); });
+        ExpertPlan p = cluster_split(ck, s, [&](int l, int n) { bar.update(l, n, "layers"); });
         bar.finish();
+        if (sc) attach_shared(p, *sc);
         p.save(o->out);
         print_plan_summary(p, o->out);
     });

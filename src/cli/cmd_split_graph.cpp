@@ -6,6 +6,7 @@
 #include "model/checkpoint.h"
 #include "split/coactivation.h"
 #include "split/graph_split.h"
+#include "split/shared_split.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moefy::cli {
@@ -17,6 +18,8 @@ MOEFY_COMMAND(22, [](CLI::App& app) {
         size_t tokens = 200000;
         int ctx = 512;
         GraphSplitOptions s;
+        std::string shared_criterion = "rate";
+        int shared = 0;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Dense model directory")->required();
@@ -32,6 +35,10 @@ MOEFY_COMMAND(22, [](CLI::App& app) {
                     "Clamp co-activation per this many tokens (MoEfication 8; LLaMA-MoE per dump file, ~8192)")
         ->capture_default_str();
     cmd->add_option("--out", o->out, "Output plan (JSON)")->required();
+    cmd->add_option("--shared", o->shared, "Of the experts, this many always active: the neurons most active on --data")
+        ->capture_default_str();
+    cmd->add_option("--shared-criterion", o->shared_criterion, "Shared neurons by activation rate or mass (mean |h|)")
+        ->capture_default_str();
     cmd->callback([o] {
         parse_coact_metric(o->s.metric);  // refuse an unknown metric before any work
         Checkpoint ck = Checkpoint::open(o->model);
@@ -39,10 +46,18 @@ MOEFY_COMMAND(22, [](CLI::App& app) {
         auto tok = Tokenizer::from_dir(o->model);
         auto docs = read_documents(o->data, o->text_field);
         auto windows = make_windows(docs, *tok, {o->ctx, o->tokens, true});
+        std::optional<SharedChoice> sc;
+        GraphSplitOptions s = o->s;
+        if (o->shared > 0) {
+            sc = measure_shared(ck, windows, s.experts, o->shared, parse_shared_criterion(o->shared_criterion), o->tokens);
+            s.experts -= o->shared;
+            s.neurons = sc->rest;
+        }
         ProgressBar bar("graph");
         GraphSplitTimings t;
-        ExpertPlan p = graph_split(ck, windows, o->s, [&](const std::string&, double d, double n) { bar.update(d, n); }, &t);
+        ExpertPlan p = graph_split(ck, windows, s, [&](const std::string&, double d, double n) { bar.update(d, n); }, &t);
         bar.finish();
+        if (sc) attach_shared(p, *sc);
         p.save(o->out);
         print_plan_summary(p, o->out);
         fmt::print("co-activation kept inside experts: {:.3f} (a random split keeps {:.3f})\n",

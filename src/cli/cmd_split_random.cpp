@@ -1,7 +1,9 @@
-// moefy split random --model DIR --experts E [--seed S] --out plan.json
+// moefy split random --model DIR --experts E [--seed S] [--shared N --data calib.jsonl] --out plan.json
 #include "cli/cli_common.h"
+#include "cli/shared_cli.h"
 #include "model/checkpoint.h"
 #include "split/random_split.h"
+#include "split/shared_split.h"
 
 namespace moefy::cli {
 
@@ -11,15 +13,23 @@ MOEFY_COMMAND(20, [](CLI::App& app) {
         std::string model, out;
         int experts = 8;
         uint64_t seed = 0;
+        SharedCli shared;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Dense model directory")->required();
     cmd->add_option("--experts", o->experts, "Experts per layer")->capture_default_str();
     cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
     cmd->add_option("--out", o->out, "Output plan (JSON)")->required();
+    o->shared.add(cmd);
     cmd->callback([o] {
         Checkpoint ck = Checkpoint::open(o->model);
+        const std::optional<SharedChoice> sc = o->shared.choose(ck, o->model, o->experts);
         ExpertPlan p = random_split(ck, o->experts, o->seed);
+        if (sc) {
+            for (size_t l = 0; l < p.layers.size(); ++l)
+                p.layers[l].experts = random_partition_of(sc->rest[l], o->experts - sc->shared, o->seed, int(l));
+            attach_shared(p, *sc);
+        }
         p.save(o->out);
         print_plan_summary(p, o->out);
     });

@@ -185,6 +185,17 @@ Context make_context(const Checkpoint& dense, const ExpertPlan& plan, const Conv
         for (int l = 0; l < c.L; ++l)
             check_router(opt.routers[size_t(l)], c.E, c.H, c.mlp_gate, fmt::format("router of layer {} ({} gate)", l, gate));
     }
+    if (!opt.down_proj.empty()) {
+        if (int(opt.down_proj.size()) != c.L) fail("refitted down projections: {} given for a model with {} layers", opt.down_proj.size(), c.L);
+        const size_t want = size_t(c.H) * size_t(dense.config.intermediate_size);
+        for (int l = 0; l < c.L; ++l) {
+            if (opt.down_proj[size_t(l)].size() != want)
+                fail("refitted down projection of layer {}: {} values, expected {} x {}", l, opt.down_proj[size_t(l)].size(), c.H,
+                     dense.config.intermediate_size);
+            for (float v : opt.down_proj[size_t(l)])
+                if (!std::isfinite(v)) fail("refitted down projection of layer {}: not finite", l);
+        }
+    }
     c.dtype = opt.dtype.value_or(dense.main_dtype());
     return c;
 }
@@ -219,7 +230,17 @@ std::vector<OutTensor> lay_out(const Context& c, const convert::Layout& layout) 
             out.push_back(std::move(t));
         } else if (!done[size_t(it->second)]) {
             done[size_t(it->second)] = true;
+            const size_t first = out.size();
             layout.layer(c, it->second, out);
+            // Refitted values replace the dense down projection's in every expert of the layer.
+            const TensorView* down = &c.ffn(it->second, "down");
+            if (!c.opt.down_proj.empty())
+                for (size_t i = first; i < out.size(); ++i)
+                    if (out[i].op == Op::Cols && out[i].src == down) {
+                        out[i].op = Op::ColsF32;
+                        out[i].src = nullptr;
+                        out[i].layer = it->second;
+                    }
         }
     }
     return out;
@@ -342,6 +363,16 @@ ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan
             case Op::Copy: stream.copy(*t.src, t.spec.dtype, sink); break;
             case Op::Rows: stream.rows(*t.src, t.ids, t.spec.dtype, sink); break;
             case Op::Cols: write_cols(i, sink); break;
+            case Op::ColsF32: {
+                // out[:, j] = W'[:, ids[j]] * scale, W' [H, I] f32
+                const std::vector<float>& W = opt.down_proj[size_t(t.layer)];
+                const size_t I = size_t(dense.config.intermediate_size), S = t.ids.size();
+                std::vector<float> m(size_t(c.H) * S);
+                for (size_t h = 0; h < size_t(c.H); ++h)
+                    for (size_t j = 0; j < S; ++j) m[h * S + j] = W[h * I + size_t(t.ids[j])] * t.scale;
+                stream.matrix(m.data(), m.size(), t.spec.dtype, sink);
+                break;
+            }
             case Op::RouterW1: {
                 const RouterWeights& r = routers.get(t.layer);
                 stream.matrix(r.w1.data(), r.w1.size(), t.spec.dtype, sink);

@@ -80,6 +80,10 @@ struct ConvertOptions {
     // Precomputed routers [layer] in f32 (e.g. training-free routers); empty: random
     // N(0, 0.02) from `seed`. Each must match the gate kind (w2 present iff mlp).
     std::vector<RouterWeights> routers;
+    // Replacement values of every layer's dense down projection, [layer] of
+    // [H, I] f32 (the expert refit, route/refit.h); empty: the dense ones. Every
+    // expert's down projection (routed and shared) gathers its columns from it.
+    std::vector<std::vector<float>> down_proj;
     // How the routers were made (kind, weighting, calibration file and tokens, ...):
     // written to config.json under "moefy", next to the split method and seed.
     nlohmann::json provenance = nlohmann::json::object();

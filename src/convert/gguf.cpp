@@ -70,7 +70,7 @@ struct Recipe {
     std::vector<std::vector<int32_t>> parts;    // Stack*: neuron ids of each expert
     int64_t width = 0;                          // Stack*: padded width of each part
     float scale = 1.0f;                         // StackCols: folded output scale
-    int layer = -1;                             // Router
+    int layer = -1;                             // Router; StackCols from opt.down_proj[layer] when >= 0
     std::vector<float> floats;                  // Floats
 };
 
@@ -275,6 +275,7 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
         b.stack(p + "ffn_gate_exps.weight", wg, lp.experts, W, false, 1.0f, false);
         b.stack(p + "ffn_up_exps.weight", wu, lp.experts, W, false, 1.0f, false);
         b.stack(p + "ffn_down_exps.weight", wd, lp.experts, W, true, scale, false);
+        if (!opt.down_proj.empty()) b.out.back().layer = l;  // refitted: columns of opt.down_proj[l]
         for (const auto& e : lp.experts) rep.padded_neurons += size_t(W) - e.size();
         if (R > 0) {
             std::vector<int32_t> shared;  // all shared experts side by side: one MLP computing their sum
@@ -283,6 +284,7 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
             b.stack(p + "ffn_gate_shexp.weight", wg, {shared}, shared_w, false, 1.0f, true);
             b.stack(p + "ffn_up_shexp.weight", wu, {shared}, shared_w, false, 1.0f, true);
             b.stack(p + "ffn_down_shexp.weight", wd, {shared}, shared_w, true, 1.0f, true);
+            if (!opt.down_proj.empty()) b.out.back().layer = l;
         }
     }
     b.vec("output_norm.weight", names::final_norm());
@@ -393,6 +395,19 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
                 break;
             }
             case Kind::StackCols: {
+                if (r.layer >= 0) {
+                    // Refitted down projection: part m is [H, width], W'[:, ids] * scale then zero columns; W' [H, I] f32.
+                    const std::vector<float>& Wd = opt.down_proj[size_t(r.layer)];
+                    const size_t Hn = size_t(r.src->rows()), I = size_t(r.src->cols()), w = size_t(r.width);
+                    std::vector<float> part(Hn * w);
+                    for (const auto& ids : r.parts) {
+                        std::fill(part.begin(), part.end(), 0.0f);
+                        for (size_t h = 0; h < Hn; ++h)
+                            for (size_t j = 0; j < ids.size(); ++j) part[h * w + j] = Wd[h * I + size_t(ids[j])] * r.scale;
+                        stream.matrix(part.data(), part.size(), r.produce, sink);
+                    }
+                    break;
+                }
                 std::vector<convert::TensorStreamer::ColsMember> members;
                 for (const auto& ids : r.parts) members.push_back({&ids, r.scale});
                 std::vector<std::vector<uint8_t>> staged;

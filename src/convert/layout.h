@@ -20,6 +20,7 @@ enum class Op {
     Copy,      // the whole source tensor (cast when dtypes differ)
     Rows,      // out[i, :] = src[ids[i], :]                 gate/up: [s, H] from [I, H]
     Cols,      // out[:, j] = src[:, ids[j]] * scale         down:    [H, s] from [H, I]
+    ColsF32,   // the same from opt.down_proj[layer] (refitted f32 values) instead of src
     RouterW1,  // router of `layer`, first matrix  [E, H]
     RouterW2,  // router of `layer`, second matrix [E, E] (mlp gate)
     Zeros,
@@ -31,7 +32,7 @@ struct OutTensor {
     const TensorView* src = nullptr;  // Copy, Rows, Cols
     std::vector<int32_t> ids;         // Rows, Cols: neuron ids in plan order
     float scale = 1.0f;               // Cols: output scale folded into the weights
-    int layer = -1;                   // RouterW1, RouterW2
+    int layer = -1;                   // RouterW1, RouterW2, ColsF32
 };
 
 // Everything a layout needs, resolved and validated once.

@@ -86,6 +86,7 @@ RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, con
     out.built = true;
     out.layers = rb.layers;
     out.calib_tokens = rb.calib_tokens;
+    out.build = rb;
     return out;
 }
 

@@ -63,6 +63,7 @@ struct RoutingResult {
     bool built = false;                      // false: left to the converter (reference routing)
     std::vector<LayerRouterReport> layers;   // [layer] when built
     size_t calib_tokens = 0;                 // calibration tokens per layer the routers saw
+    RouterBuild build;                       // when built: routers and scales before set_convert_routing (refit)
 };
 
 // The convert-time routing policy: checks the choice, builds the routers and

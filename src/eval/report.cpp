@@ -247,6 +247,49 @@ std::string overlap_plot(const OverlapStats& st, int layer) {
     return s;
 }
 
+std::string scatter_plot(const ReportScatter& sc) {
+    Frame f;
+    f.H = 320;
+    double xmax = 0, ymin = INFINITY, ymax = 0;
+    for (const auto& p : sc.points) xmax = std::max(xmax, p.x), ymin = std::min(ymin, p.y), ymax = std::max(ymax, p.y);
+    if (sc.y_line > 0) ymin = std::min(ymin, sc.y_line), ymax = std::max(ymax, sc.y_line);
+    xmax = nice_max(xmax);
+    const double y0v = std::isfinite(ymin) ? std::floor(ymin * 10) / 10 : 0.0;
+    const double y1v = std::max(y0v + 0.1, std::ceil(ymax * 10) / 10);
+    auto X = [&](double x) { return f.x0() + f.pw() * x / xmax; };
+    auto Y = [&](double y) { return f.y0() - f.ph() * (y - y0v) / (y1v - y0v); };
+    std::string s = svg_open("pareto", f.W, f.H, sc.title);
+    s += text(f.W / 2, 16, sc.title, "middle", "ttl");
+    for (int i = 0; i <= 4; ++i) {
+        const double yv = y0v + (y1v - y0v) * i / 4, xv = xmax * i / 4;
+        s += fmt::format("<line class=\"grid\" x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\"/>", f.x0(), f.x1(), Y(yv), Y(yv));
+        s += text(f.x0() - 4, Y(yv) + 4, fmt::format("{:.2f}", yv), "end");
+        s += text(X(xv), f.y0() + 14, fmt::format("{:.3g}", xv));
+    }
+    s += fmt::format("<line class=\"axis\" x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\"/>", f.x0(), f.x1(), f.y0(), f.y0());
+    s += fmt::format("<line class=\"axis\" x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\"/>", f.x0(), f.x0(), f.y0(), f.y1());
+    s += text(f.x0() + f.pw() / 2, f.H - 6, sc.x_label);
+    s += fmt::format("<text class=\"lbl\" transform=\"translate(14 {:.1f}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+                     f.y0() - f.ph() / 2, html_escape(sc.y_label));
+    if (sc.y_line > 0)
+        s += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>",
+                         f.x0(), f.x1(), Y(sc.y_line), Y(sc.y_line));
+    std::vector<std::pair<double, double>> front;
+    for (const auto& p : sc.points)
+        if (p.front) front.push_back({p.x, p.y});
+    std::sort(front.begin(), front.end());
+    if (front.size() > 1) {
+        std::string pts;
+        for (auto [x, y] : front) pts += fmt::format("{:.1f},{:.1f} ", X(x), Y(y));
+        s += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"#2c7fb8\" stroke-width=\"1.5\"/>", pts);
+    }
+    for (const auto& p : sc.points)
+        s += fmt::format("<circle class=\"mark\" cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"{}\" fill=\"{}\" stroke=\"#2c7fb8\"><title>{}</title></circle>",
+                         X(p.x), Y(std::min(p.y, y1v)), p.chosen ? 6 : 3.5, p.front ? "#2c7fb8" : "#fff", html_escape(p.label));
+    s += "</svg>\n";
+    return s;
+}
+
 bool routed_experts_overlap(const ExpertPlan& p) {
     for (const LayerPlan& lp : p.layers) {
         size_t total = 0;
@@ -293,6 +336,11 @@ std::string render_report_html(const ReportInput& in) {
         h += "</dl>\n";
     }
 
+    if (in.scatter) {
+        h += fmt::format("<h2>{}</h2>\n", html_escape(in.scatter->title));
+        if (!in.scatter_note.empty()) h += fmt::format("<p class=\"note\">{}</p>\n", html_escape(in.scatter_note));
+        h += scatter_plot(*in.scatter);
+    }
     if (in.plan) {
         h += "<h2>Expert widths</h2>\n";
         h += "<p class=\"note\">Neurons per routed expert in every layer";

@@ -24,6 +24,20 @@
 
 namespace moefy {
 
+// A scatter of (x, y) points with a horizontal budget line (build --budget's
+// Pareto front: active FFN fraction vs perplexity ratio).
+struct ReportScatter {
+    std::string title, x_label, y_label;
+    struct Point {
+        double x = 0, y = 0;
+        std::string label;   // tooltip
+        bool front = false;  // on the Pareto front (drawn filled and joined)
+        bool chosen = false; // the winner (drawn larger)
+    };
+    std::vector<Point> points;
+    double y_line = 0;  // drawn when > 0
+};
+
 struct ReportInput {
     std::string title;
     // Columns of the summary table: (heading, value), in order.
@@ -32,6 +46,8 @@ struct ReportInput {
     std::vector<std::pair<std::string, std::string>> details;
     const ExpertPlan* plan = nullptr;           // widths and overlap (nullptr: not drawn)
     const ReferenceComparison* eval = nullptr;  // FFN error and load (nullptr: not drawn)
+    const ReportScatter* scatter = nullptr;     // drawn after the summary (nullptr: not drawn)
+    std::string scatter_note;                   // a paragraph above it
 };
 
 std::string render_report_html(const ReportInput& in);

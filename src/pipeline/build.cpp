@@ -16,6 +16,7 @@
 #include "split/importance.h"
 #include "split/graph_split.h"
 #include "split/random_split.h"
+#include "split/shared_split.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moefy {
@@ -64,6 +65,17 @@ void check_options(const BuildOptions& o) {
              router_kind_name(o.routing.router), weighting_name(o.routing.weighting), routed_scale_name(o.routing.scale));
     if (std::filesystem::exists(o.out_dir) && !o.force) fail("{}: output already exists (use --force to replace it)", o.out_dir);
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
+    if (o.plan_path.empty()) {
+        check_shared_count(o.shared, o.experts);
+        if (o.shared > 0 && o.calib_data.empty())
+            fail("--shared {} needs calibration text (--data FILE): shared experts are the neurons most active on it", o.shared);
+        if (o.shared > 0 && o.method == SplitMethod::Gradient)
+            fail("--shared with --method gradient: the gradient split makes its own shared experts (split gradient --residual R)");
+        if (o.shared > 0 && o.format == MoEFormat::Mixtral)
+            fail("--shared {}: Mixtral has no always-active experts; use --format llama-moe (llama-moe-residual layout) or "
+                 "--format deepseek",
+                 o.shared);
+    }
 }
 
 // The gradient split as `moefy build` runs it: the calibration text clustered
@@ -127,29 +139,53 @@ double active_ffn_fraction(const ExpertPlan& plan, int top_k) {
 }
 
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress) {
+                           const BuildProgress& progress, const NeuronActivity* activity) {
     check_expert_count(o.experts, dense.config.intermediate_size);
+    check_shared_count(o.shared, o.experts);
+    // Shared experts first: the most active neurons; the method splits the rest.
+    std::optional<SharedChoice> sc;
+    if (o.shared > 0) {
+        if (o.method == SplitMethod::Gradient) fail("--shared with --method gradient: use split gradient --residual R");
+        if (activity) {
+            sc = choose_shared(*activity, o.experts, o.shared, o.shared_criterion);
+        } else {
+            if (calib.empty()) fail("--shared {} needs calibration text (--data FILE)", o.shared);
+            sc = measure_shared(dense, calib, o.experts, o.shared, o.shared_criterion, o.calib_tokens);
+        }
+    }
+    const int routed = o.experts - o.shared;
+    ExpertPlan plan;
     switch (o.method) {
-        case SplitMethod::Random: return random_split(dense, o.experts, o.seed);
+        case SplitMethod::Random:
+            plan = random_split(dense, o.experts, o.seed);
+            if (sc)
+                for (size_t l = 0; l < plan.layers.size(); ++l)
+                    plan.layers[l].experts = random_partition_of(sc->rest[l], routed, o.seed, int(l));
+            break;
         case SplitMethod::Cluster: {
             ClusterSplitOptions c;
-            c.experts = o.experts;
+            c.experts = routed;
             c.seed = o.seed;
-            return cluster_split(dense, c, [&](int l, int n) {
+            if (sc) c.neurons = sc->rest;
+            plan = cluster_split(dense, c, [&](int l, int n) {
                 if (progress) progress("split", double(l), double(n));
             });
+            break;
         }
         case SplitMethod::Graph: {
             GraphSplitOptions g;
-            g.experts = o.experts;
+            g.experts = routed;
             g.seed = o.seed;
-            return graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
+            if (sc) g.neurons = sc->rest;
+            plan = graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
                 if (progress) progress("split", d, n);
             });
+            break;
         }
         case SplitMethod::Gradient: return gradient_build_plan(dense, o, progress);
     }
-    fail("--method: unknown split method");
+    if (sc) attach_shared(plan, *sc);
+    return plan;
 }
 
 BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
@@ -196,6 +232,25 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     r.calib_tokens = routing.calib_tokens;
     r.stages.push_back({"calibrate", since(t0)});
 
+    // refit: the down projections for the routing just built
+    r.options.refit = o.refit && !calib.empty() && routing.built;
+    if (r.options.refit) {
+        t0 = Clock::now();
+        auto model = Model::load(dense);
+        const RouterOptions ro = router_options(o.routing, co);
+        RefitOptions ropt;
+        ropt.max_tokens = ro.calib.max_tokens;
+        RefitResult rf = refit_down_projections(*model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight),
+                                                calib, ropt, [&](const char* stage, double d, double n) {
+                                                    if (progress) progress(stage, d, n);
+                                                });
+        r.refit = rf.layers;
+        co.down_proj = std::move(rf.down);
+        co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
+                                  {"held_out_every", ropt.val_every}};
+        r.stages.push_back({"refit", since(t0)});
+    }
+
     // convert
     t0 = Clock::now();
     r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) {
@@ -228,6 +283,12 @@ nlohmann::json build_json(const BuildResult& r) {
         routers.push_back({{"layer", l}, {"scale", x.scale}, {"temperature", x.temperature}, {"calib_rel_error", x.rel_error},
                            {"calib_mass", x.mass}});
     }
+    nlohmann::json refit_layers = nlohmann::json::array();
+    for (size_t l = 0; l < r.refit.size(); ++l) {
+        const RefitLayerReport& x = r.refit[l];
+        refit_layers.push_back({{"layer", l}, {"refitted", x.refitted}, {"ridge", x.ridge}, {"lambda", x.lambda},
+                                {"val_rel_error_before", x.val_rel_error_before}, {"val_rel_error_after", x.val_rel_error_after}});
+    }
     nlohmann::json widths = nlohmann::json::array(), shared = nlohmann::json::array();
     for (const LayerPlan& lp : r.plan.layers) {
         std::vector<int> w, s;
@@ -250,11 +311,15 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"scale", routed_scale_name(o.routing.scale)},
                         {"seed", o.seed},
                         {"active_ffn_fraction", r.active_ffn_fraction},
+                        {"refit", o.refit},
+                        {"shared_criterion", shared_criterion_name(o.shared_criterion)},
                         {"calib_tokens", r.calib_tokens},
                         {"stages", stages},
                         {"total_seconds", r.total_seconds()},
                         {"routers", routers},
                         {"plan", {{"method", r.plan.method}, {"params", r.plan.params}, {"widths", widths}, {"shared_widths", shared}}}};
+    if (!r.refit.empty()) j["refit_layers"] = refit_layers;
+    if (r.budget) j["budget"] = budget_json(*r.budget);
     if (r.eval) {
         j["dense_ppl"] = r.eval->dense.perplexity();
         j["moe_ppl"] = r.eval->moe.ppl.perplexity();
@@ -281,6 +346,7 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
         t.push_back({"MoE ppl", fmt::format("{:.3f}", r.eval->moe.ppl.perplexity())});
         if (r.eval->oracle) t.push_back({"oracle ppl", fmt::format("{:.3f}", r.eval->oracle->ppl.perplexity())});
     }
+    t.push_back({"refit", r.options.refit ? "yes" : "no"});
     for (const StageTime& s : r.stages) t.push_back({s.name + " s", fmt::format("{:.1f}", s.seconds)});
     t.push_back({"total s", fmt::format("{:.1f}", r.total_seconds())});
     return t;
@@ -308,6 +374,26 @@ void write_build_report(const BuildResult& r, const std::string& path) {
     }
     in.plan = &r.plan;
     in.eval = r.eval ? &*r.eval : nullptr;
+    ReportScatter sc;
+    if (r.budget) {
+        const BudgetSearch& b = *r.budget;
+        sc.title = fmt::format("Budget search: active FFN fraction vs perplexity ratio (budget {:.3g})", b.budget);
+        sc.x_label = "active FFN fraction";
+        sc.y_label = "perplexity / dense (held-out calibration text)";
+        sc.y_line = b.budget;
+        for (size_t i = 0; i < b.evaluated.size(); ++i) {
+            const BudgetCandidate& c = b.evaluated[i];
+            sc.points.push_back({c.active, c.ratio,
+                                 fmt::format("{} split, {} experts, {} shared, top-{}, refit {}: ratio {:.3f}", c.method, c.experts,
+                                             c.shared, c.top_k, c.refit ? "on" : "off", c.ratio),
+                                 c.front, int(i) == b.winner});
+        }
+        in.scatter = &sc;
+        in.scatter_note = fmt::format(
+            "{} configurations evaluated ({} splits) in {:.0f} s on {} held-out calibration tokens; filled: the Pareto front; "
+            "large: the chosen one; dashed: the budget.",
+            b.evaluated.size(), b.plans, b.seconds, b.holdout_tokens);
+    }
     write_report_html(path, in);
 }
 

@@ -23,11 +23,15 @@
 #include "data/documents.h"
 #include "eval/compare.h"
 #include "convert/routing.h"
+#include "pipeline/budget.h"
+#include "route/refit.h"
 #include "split/expert_plan.h"
+#include "split/shared_split.h"
 
 namespace moefy {
 
 struct Checkpoint;
+struct NeuronActivity;
 
 // --method. A new split method: a value here, its name in the table, a case in make_build_plan.
 enum class SplitMethod { Random, Cluster, Graph, Gradient };
@@ -47,7 +51,9 @@ struct BuildOptions {
     SplitMethod method = SplitMethod::Graph;
     std::string plan_path;         // use this plan instead of splitting (method and experts come from it)
     std::string save_plan;         // also write the plan here
-    int experts = 8;
+    int experts = 8;                   // experts per layer, shared ones included
+    int shared = 0;                    // of them always active (split/shared_split.h); needs calibration text
+    SharedCriterion shared_criterion = SharedCriterion::Rate;  // rate measured better (docs/quality.md)
     uint64_t seed = 0;
 
     // MoE layout
@@ -59,6 +65,9 @@ struct BuildOptions {
 
     // routing (convert/routing.h): by default a fitted router, uniform weights, fitted scales
     RoutingChoice routing{RouterKind::Fit, Weighting::Uniform, RoutedScale::fit()};
+    // Refit the down projections for the final routing (route/refit.h) when there is
+    // calibration text: on by default (demo, graph top-4: 1.347 -> 1.266 x dense).
+    bool refit = true;
 
     // text
     std::string calib_data;   // calibration .jsonl/.txt: the graph split and fitted routers/scales need it
@@ -80,10 +89,12 @@ struct BuildResult {
     ExpertPlan plan;
     ConvertReport convert;
     std::vector<LayerRouterReport> routers;  // [layer] scale, temperature, calibration error and mass
+    std::vector<RefitLayerReport> refit;     // [layer] when options.refit
     size_t calib_tokens = 0;                 // calibration tokens the routers saw per layer
     double active_ffn_fraction = 0;
     std::optional<ReferenceComparison> eval;  // when eval_data was given
     std::vector<StageTime> stages;
+    std::optional<BudgetSearch> budget;       // build --budget: the search that chose this configuration
     double total_seconds() const;
 };
 
@@ -113,7 +124,10 @@ void write_build_report(const BuildResult& r, const std::string& path);
 
 // The split stage alone, as build runs it: a plan for `method` on `dense`
 // (calib: the tokenized calibration windows; only graph and gradient read them).
+// With opt.shared > 0 the opt.shared most active neuron groups become shared
+// experts (measured on calib, or taken from `activity` when given) and the method
+// splits the rest into opt.experts − opt.shared routed experts.
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& opt, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress = {});
+                           const BuildProgress& progress = {}, const NeuronActivity* activity = nullptr);
 
 }  // namespace moefy

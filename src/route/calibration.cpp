@@ -35,75 +35,55 @@ BlockLayout block_layout(const LayerPlan& lp) {
     return b;
 }
 
-class CalibObserver : public FfnObserver {
-public:
-    CalibObserver(Model& model, const ExpertPlan& plan, const CalibOptions& opt, std::vector<LayerCalib>& out)
-        : model_(model), opt_(opt), out_(out) {
-        for (const LayerPlan& lp : plan.layers) blocks_.push_back(block_layout(lp));
-    }
+}  // namespace
 
-    // Token rows of the next window to keep (indices into [0, T)).
-    void set_rows(std::vector<int32_t> rows) { rows_ = std::move(rows); }
-    bool wants(int layer) const override { return !rows_.empty(); }
-    void on_ffn(int l, const FfnActs& a) override;
+std::vector<float> dense_down_f32(const Model& model, int l) {
+    const WeightRef& down = model.layer(l).ffn.down;  // [H, I]
+    const int H = int(down.rows), I = int(down.cols);
+    std::vector<float> wd(size_t(H) * I);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < H; ++i) weight_row_f32(down, i, wd.data() + size_t(i) * I);
+    return wd;
+}
 
-private:
-    Model& model_;
-    const CalibOptions& opt_;
-    std::vector<LayerCalib>& out_;
-    std::vector<BlockLayout> blocks_;
-    std::vector<int32_t> rows_;
-    std::vector<float> wd_, wp_, hk_, hp_, y_, d_;
-};
-
-void CalibObserver::on_ffn(int l, const FfnActs& a) {
-    if (a.expert != -1) fail("calibration: layer {} is not a dense FFN layer (the model must be dense)", l);
-    const BlockLayout& bl = blocks_[size_t(l)];
-    const int H = a.H, I = a.I, n = int(rows_.size()), E = bl.E, B = bl.E + bl.R, P = int(bl.ids.size());
-    const WeightRef& down = model_.layer(l).ffn.down;  // [H, I]
-
-    // wd: [H, I] down projection in f32; wp: [H, P] its columns in block order.
-    wd_.resize(size_t(H) * I);
-    wp_.resize(size_t(H) * P);
+void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd, const float* x, const float* h, int n, int I,
+                            double shared_weight) {
+    const BlockLayout bl = block_layout(lp);
+    const int H = c.H, E = bl.E, B = bl.E + bl.R, P = int(bl.ids.size());
+    if (E != c.E) fail("calibration: the plan has {} experts, the statistics {}", E, c.E);
+    // wp: [H, P] the down projection's columns in block order; hp: [n, P] likewise.
+    std::vector<float> wp(size_t(H) * P), hp(size_t(n) * P), y(size_t(n) * B * H), d(size_t(n) * H);
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < H; ++i) {
-        float* row = wd_.data() + size_t(i) * I;
-        weight_row_f32(down, i, row);
-        float* prow = wp_.data() + size_t(i) * P;
+        const float* row = wd + size_t(i) * I;
+        float* prow = wp.data() + size_t(i) * P;
         for (int p = 0; p < P; ++p) prow[p] = row[bl.ids[size_t(p)]];
     }
-    // hk: [n, I] activations of the kept tokens; hp: [n, P] in block order.
-    hk_.resize(size_t(n) * I);
-    hp_.resize(size_t(n) * P);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; ++t) {
-        const float* src = a.h + size_t(rows_[size_t(t)]) * I;
-        std::copy_n(src, I, hk_.data() + size_t(t) * I);
-        float* dst = hp_.data() + size_t(t) * P;
+        const float* src = h + size_t(t) * I;
+        float* dst = hp.data() + size_t(t) * P;
         for (int p = 0; p < P; ++p) dst[p] = src[bl.ids[size_t(p)]];
     }
     // y: [n, B, H] every block's output; d: [n, H] the dense output.
-    y_.resize(size_t(n) * B * H);
-    d_.resize(size_t(n) * H);
     for (int j = 0; j < B; ++j)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, bl.width[size_t(j)], 1.0f, hp_.data() + bl.off[size_t(j)], P,
-                    wp_.data() + bl.off[size_t(j)], P, 0.0f, y_.data() + size_t(j) * H, B * H);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, I, 1.0f, hk_.data(), I, wd_.data(), I, 0.0f, d_.data(), H);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, bl.width[size_t(j)], 1.0f, hp.data() + bl.off[size_t(j)], P,
+                    wp.data() + bl.off[size_t(j)], P, 0.0f, y.data() + size_t(j) * H, B * H);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, I, 1.0f, h, I, wd, I, 0.0f, d.data(), H);
 
-    LayerCalib& c = out_[size_t(l)];
     const size_t base = size_t(c.N), tri = c.tri();
     c.x.resize((base + n) * H);
     c.gram.resize((base + n) * tri);
     c.b.resize((base + n) * E);
     c.rr.resize(base + n);
     c.absh.resize((base + n) * E);
-    const float omega = float(opt_.shared_weight);
+    const float omega = float(shared_weight);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; ++t) {
         const size_t o = base + size_t(t);
-        std::copy_n(a.x + size_t(rows_[size_t(t)]) * H, H, c.x.data() + o * H);
-        const float* yt = y_.data() + size_t(t) * B * H;  // [B, H]
-        float* r = d_.data() + size_t(t) * H;               // becomes r_t in place
+        std::copy_n(x + size_t(t) * H, H, c.x.data() + o * H);
+        const float* yt = y.data() + size_t(t) * B * H;  // [B, H]
+        float* r = d.data() + size_t(t) * H;               // becomes r_t in place
         for (int s = E; s < B; ++s)
             for (int i = 0; i < H; ++i) r[i] -= omega * yt[size_t(s) * H + i];
         float* g = c.gram.data() + o * tri;
@@ -118,7 +98,7 @@ void CalibObserver::on_ffn(int l, const FfnActs& a) {
             double acc = 0;
             for (int i = 0; i < H; ++i) acc += double(r[i]) * ye[i];
             c.b[o * E + size_t(e)] = float(acc);
-            const float* he = hp_.data() + size_t(t) * P + bl.off[size_t(e)];
+            const float* he = hp.data() + size_t(t) * P + bl.off[size_t(e)];
             double ah = 0;
             for (int i = 0; i < bl.width[size_t(e)]; ++i) ah += std::fabs(he[i]);
             c.absh[o * E + size_t(e)] = float(ah);
@@ -130,29 +110,64 @@ void CalibObserver::on_ffn(int l, const FfnActs& a) {
     c.N += n;
 }
 
-}  // namespace
+namespace {
 
-std::vector<LayerCalib> collect_calibration(Model& model, const ExpertPlan& plan, const std::vector<TokenWindow>& windows,
-                                            const CalibOptions& opt, const CalibProgress& progress) {
-    const ModelConfig& cfg = model.config();
-    if (cfg.is_moe()) fail("calibration: the model is already an MoE model ({}); it needs the dense model", model_kind_name(cfg.kind));
+// Hands the kept tokens' FFN inputs and activations of every dense layer to `fn`.
+class KeptRowsObserver : public FfnObserver {
+public:
+    explicit KeptRowsObserver(const KeptRowsFn& fn) : fn_(fn) {}
+    // Token rows of the next window to keep (indices into [0, T)).
+    void set_rows(std::vector<int32_t> rows) { rows_ = std::move(rows); }
+    bool wants(int) const override { return !rows_.empty(); }
+    void on_ffn(int l, const FfnActs& a) override {
+        if (a.expert != -1) fail("calibration: layer {} is not a dense FFN layer (the model must be dense)", l);
+        const int H = a.H, I = a.I, n = int(rows_.size());
+        // xk: [n, H], hk: [n, I] the kept tokens' FFN inputs and activations.
+        xk_.resize(size_t(n) * H);
+        hk_.resize(size_t(n) * I);
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < n; ++t) {
+            std::copy_n(a.x + size_t(rows_[size_t(t)]) * H, H, xk_.data() + size_t(t) * H);
+            std::copy_n(a.h + size_t(rows_[size_t(t)]) * I, I, hk_.data() + size_t(t) * I);
+        }
+        fn_(l, xk_.data(), hk_.data(), n);
+    }
+
+private:
+    const KeptRowsFn& fn_;
+    std::vector<int32_t> rows_;
+    std::vector<float> xk_, hk_;
+};
+
+void check_plan_fits(const ModelConfig& cfg, const ExpertPlan& plan) {
     if (plan.num_layers != cfg.num_layers || plan.hidden_size != cfg.hidden_size || plan.intermediate_size != cfg.intermediate_size)
         fail("calibration: the expert plan is for {} layers of {} x {}, the model has {} layers of {} x {}", plan.num_layers,
              plan.hidden_size, plan.intermediate_size, cfg.num_layers, cfg.hidden_size, cfg.intermediate_size);
-    if (opt.max_tokens < 1) fail("calibration: the token budget must be at least 1");
-    size_t total = 0;
-    for (const TokenWindow& w : windows) total += w.size();
-    if (total == 0) fail("calibration: no tokens (the calibration text is empty)");
+}
 
+std::vector<LayerCalib> empty_calibration(const ModelConfig& cfg, const ExpertPlan& plan) {
     std::vector<LayerCalib> out(size_t(cfg.num_layers));
     for (LayerCalib& c : out) {
         c.H = cfg.hidden_size;
         c.E = plan.num_experts();
     }
+    return out;
+}
+
+}  // namespace
+
+void for_each_kept_batch(Model& model, const std::vector<TokenWindow>& windows, size_t max_tokens, const KeptRowsFn& fn,
+                         const CalibProgress& progress) {
+    const ModelConfig& cfg = model.config();
+    if (cfg.is_moe()) fail("calibration: the model is already an MoE model ({}); it needs the dense model", model_kind_name(cfg.kind));
+    if (max_tokens < 1) fail("calibration: the token budget must be at least 1");
+    size_t total = 0;
+    for (const TokenWindow& w : windows) total += w.size();
+    if (total == 0) fail("calibration: no tokens (the calibration text is empty)");
     // Keep token g when ⌊g·K/total⌋ steps up: min(K, total) tokens, evenly spread.
-    const size_t K = std::min(opt.max_tokens, total);
+    const size_t K = std::min(max_tokens, total);
     auto kept = [&](size_t g) { return (g + 1) * K / total != g * K / total; };
-    CalibObserver obs(model, plan, opt, out);
+    KeptRowsObserver obs(fn);
     size_t g = 0;  // global index of the window's first token
     for (const TokenWindow& w : windows) {
         std::vector<int32_t> rows;
@@ -166,6 +181,62 @@ std::vector<LayerCalib> collect_calibration(Model& model, const ExpertPlan& plan
             model.forward(w.data(), T, 0, nullptr, nullptr, RunHooks(&obs));
         }
         if (progress) progress(g, total);
+    }
+}
+
+std::vector<LayerCalib> collect_calibration(Model& model, const ExpertPlan& plan, const std::vector<TokenWindow>& windows,
+                                            const CalibOptions& opt, const CalibProgress& progress) {
+    const ModelConfig& cfg = model.config();
+    check_plan_fits(cfg, plan);
+    std::vector<LayerCalib> out = empty_calibration(cfg, plan);
+    std::vector<std::vector<float>> wd(size_t(cfg.num_layers));  // [layer] dense down projection [H, I] in f32
+    for_each_kept_batch(
+        model, windows, opt.max_tokens,
+        [&](int l, const float* x, const float* h, int n) {
+            if (wd[size_t(l)].empty()) wd[size_t(l)] = dense_down_f32(model, l);
+            accumulate_calibration(out[size_t(l)], plan.layers[size_t(l)], wd[size_t(l)].data(), x, h, n, cfg.intermediate_size,
+                                   opt.shared_weight);
+        },
+        progress);
+    return out;
+}
+
+std::vector<DenseLayerActs> collect_dense_acts(Model& model, const std::vector<TokenWindow>& windows, size_t max_tokens,
+                                               const CalibProgress& progress) {
+    const ModelConfig& cfg = model.config();
+    std::vector<DenseLayerActs> out(size_t(cfg.num_layers));
+    for (DenseLayerActs& a : out) {
+        a.H = cfg.hidden_size;
+        a.I = cfg.intermediate_size;
+    }
+    for_each_kept_batch(
+        model, windows, max_tokens,
+        [&](int l, const float* x, const float* h, int n) {
+            DenseLayerActs& a = out[size_t(l)];
+            a.x.insert(a.x.end(), x, x + size_t(n) * a.H);
+            a.h.insert(a.h.end(), h, h + size_t(n) * a.I);
+            a.N += n;
+        },
+        progress);
+    return out;
+}
+
+std::vector<LayerCalib> calibration_from_acts(const Model& model, const ExpertPlan& plan, const std::vector<DenseLayerActs>& acts,
+                                              const CalibOptions& opt) {
+    const ModelConfig& cfg = model.config();
+    check_plan_fits(cfg, plan);
+    if (acts.size() != size_t(cfg.num_layers)) fail("calibration: activations of {} layers for {} layers", acts.size(), cfg.num_layers);
+    std::vector<LayerCalib> out = empty_calibration(cfg, plan);
+    for (int l = 0; l < cfg.num_layers; ++l) {
+        const DenseLayerActs& a = acts[size_t(l)];
+        const int n = std::min<int>(a.N, int(opt.max_tokens));
+        // The first n cached tokens, in slices that bound the scratch memory.
+        const std::vector<float> wd = dense_down_f32(model, l);
+        for (int t0 = 0; t0 < n; t0 += 1024) {
+            const int m = std::min(1024, n - t0);
+            accumulate_calibration(out[size_t(l)], plan.layers[size_t(l)], wd.data(), a.x.data() + size_t(t0) * a.H,
+                                   a.h.data() + size_t(t0) * a.I, m, a.I, opt.shared_weight);
+        }
     }
     return out;
 }

@@ -29,6 +29,7 @@ namespace moefy {
 
 class Model;
 struct ExpertPlan;
+struct LayerPlan;
 
 struct LayerCalib {
     int N = 0, H = 0, E = 0;
@@ -58,6 +59,37 @@ using CalibProgress = std::function<void(size_t done, size_t total)>;
 // plan does not fit the model or there are no tokens.
 std::vector<LayerCalib> collect_calibration(Model& model, const ExpertPlan& plan, const std::vector<TokenWindow>& windows,
                                             const CalibOptions& opt, const CalibProgress& progress = {});
+
+// Dense FFN inputs and activations of the kept calibration tokens of one layer:
+// kept from one pass of the dense model, they serve any number of plans
+// (`build --budget`) without running the model again. 4·N·(H + I) bytes.
+struct DenseLayerActs {
+    int N = 0, H = 0, I = 0;
+    std::vector<float> x;  // [N, H] FFN inputs (after the post-attention norm)
+    std::vector<float> h;  // [N, I] silu(gate) * up
+};
+
+// fn(layer, x [n, H], h [n, I], n) for the kept tokens of each window, every
+// layer: the pass all calibration statistics are made from. Kept: min(max_tokens,
+// total) tokens evenly spread over all windows' tokens.
+using KeptRowsFn = std::function<void(int layer, const float* x, const float* h, int n)>;
+void for_each_kept_batch(Model& model, const std::vector<TokenWindow>& windows, size_t max_tokens, const KeptRowsFn& fn,
+                         const CalibProgress& progress = {});
+
+std::vector<DenseLayerActs> collect_dense_acts(Model& model, const std::vector<TokenWindow>& windows, size_t max_tokens,
+                                               const CalibProgress& progress = {});
+
+// collect_calibration from cached activations (the first opt.max_tokens of them).
+std::vector<LayerCalib> calibration_from_acts(const Model& model, const ExpertPlan& plan, const std::vector<DenseLayerActs>& acts,
+                                              const CalibOptions& opt);
+
+// Adds n tokens (x [n, H], h [n, I] dense activations) to c for the layer's plan;
+// wd: [H, I] the dense down projection in f32.
+void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd, const float* x, const float* h, int n, int I,
+                            double shared_weight);
+
+// Layer l's dense down projection [H, I] as f32.
+std::vector<float> dense_down_f32(const Model& model, int l);
 
 // Packed index of (e, f), e <= f, in an [E(E+1)/2] upper triangle.
 inline size_t tri_index(int E, int e, int f) { return size_t(e) * size_t(2 * E - e + 1) / 2 + size_t(f - e); }

@@ -1,6 +1,8 @@
 #include "split/cluster_split.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "common/error.h"
@@ -40,7 +42,9 @@ ExpertPlan cluster_split(const Checkpoint& ckpt, const ClusterSplitOptions& opts
     km.seed = opts.seed;
     km.threads = opts.threads;
     const int L = cfg.num_layers, I = cfg.intermediate_size, H = cfg.hidden_size;
-    check_expert_count(opts.experts, I);
+    if (!opts.neurons.empty() && int(opts.neurons.size()) != L)
+        fail("cluster split: neuron subsets for {} layers, the model has {}", opts.neurons.size(), L);
+    check_expert_count(opts.experts, opts.neurons.empty() ? I : int(opts.neurons[0].size()));
     const int E = opts.experts;
 
     ExpertPlan plan;
@@ -59,16 +63,24 @@ ExpertPlan cluster_split(const Checkpoint& ckpt, const ClusterSplitOptions& opts
         const TensorView& t = ckpt.tensors->get(names::dense_ffn(l, opts.proj.c_str()), {I, H});
         ckpt.tensors->read_rows_f32(t, 0, I, W.data());
         ckpt.tensors->release(t);
-        normalise_rows(W.data(), I, H);
+        // ids: the neurons split in this layer; their rows first in W.
+        std::vector<int32_t> ids(static_cast<size_t>(I));
+        std::iota(ids.begin(), ids.end(), 0);
+        if (!opts.neurons.empty()) ids = opts.neurons[size_t(l)];
+        const int n = int(ids.size());
+        check_expert_count(E, n);
+        for (int i = 0; i < n; ++i)
+            if (ids[size_t(i)] != i) std::copy_n(W.data() + size_t(ids[size_t(i)]) * H, H, W.data() + size_t(i) * H);
+        normalise_rows(W.data(), n, H);
         KMeansResult r;
         try {
-            r = balanced_kmeans(W.data(), I, H, E, km);
+            r = balanced_kmeans(W.data(), n, H, E, km);
         } catch (const Error& e) {
             fail("{}: layer {} ({}): {}", ckpt.dir, l, t.name, e.what());
         }
         LayerPlan& lp = plan.layers[l];
         lp.experts.assign(size_t(E), {});
-        for (int n = 0; n < I; ++n) lp.experts[r.labels[n]].push_back(n);  // ascending ids
+        for (int i = 0; i < n; ++i) lp.experts[r.labels[size_t(i)]].push_back(ids[size_t(i)]);  // ascending ids
         lp.stats = {{"inertia", r.inertia}, {"iterations", r.iterations}, {"best_restart", r.best_restart}};
         if (progress) progress(l + 1, L);
     }

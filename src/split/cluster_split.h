@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "model/checkpoint.h"
 #include "split/expert_plan.h"
@@ -20,6 +21,9 @@ struct ClusterSplitOptions {
     int max_iter = 500;
     double tol = 1e-4;
     int threads = 0;              // passed to KMeansOptions::threads
+    // [layer] the neurons to split (ascending; the rest are shared experts,
+    // split/shared_split.h); empty: all of them.
+    std::vector<std::vector<int32_t>> neurons;
 };
 
 // Called after each layer with (layers done, layer count).

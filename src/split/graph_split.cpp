@@ -1,5 +1,6 @@
 #include "split/graph_split.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -44,7 +45,9 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
                        const GraphProgress& progress, GraphSplitTimings* timings) {
     const ModelConfig& c = ck.config;
     if (c.is_moe()) fail("{}: already an MoE model ({}); split a dense model", ck.dir, model_kind_name(c.kind));
-    check_expert_count(o.experts, c.intermediate_size);
+    if (!o.neurons.empty() && int(o.neurons.size()) != c.num_layers)
+        fail("graph split: neuron subsets for {} layers, the model has {}", o.neurons.size(), c.num_layers);
+    check_expert_count(o.experts, o.neurons.empty() ? c.intermediate_size : int(o.neurons[0].size()));
     if (o.proj != "up" && o.proj != "gate") fail("unknown --proj '{}' (up or gate)", o.proj);
     const CoactMetric metric = parse_coact_metric(o.metric);
     if (o.chunk_tokens < 1) fail("--chunk-tokens must be at least 1");
@@ -96,7 +99,22 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         ++t.passes;
         for (int l = first; l < last; ++l) {
             const double p0 = now_s();
-            GraphPartitionResult r = partition_coactivation(*accs[size_t(l - first)], o.experts, o.seed + uint64_t(l));
+            GraphPartitionResult r;
+            if (o.neurons.empty()) {
+                r = partition_coactivation(*accs[size_t(l - first)], o.experts, o.seed + uint64_t(l));
+            } else {
+                // The co-activation graph restricted to the neurons left to route.
+                const std::vector<int32_t>& ids = o.neurons[size_t(l)];
+                const int n = int(ids.size());
+                const std::vector<float> full = accs[size_t(l - first)]->symmetric();
+                std::vector<float> sub(size_t(n) * n);
+                for (int i = 0; i < n; ++i)
+                    for (int j = 0; j < n; ++j) sub[size_t(i) * n + j] = full[size_t(ids[size_t(i)]) * I + size_t(ids[size_t(j)])];
+                r = partition_coactivation(sub.data(), n, o.experts, o.seed + uint64_t(l));
+                for (auto& e : r.experts)
+                    for (int32_t& id : e) id = ids[size_t(id)];
+                for (auto& e : r.experts) std::sort(e.begin(), e.end());
+            }
             t.partition_s += now_s() - p0;
             plan.layers[size_t(l)].experts = std::move(r.experts);
             plan.layers[size_t(l)].stats = r.stats();

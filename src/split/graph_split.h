@@ -27,6 +27,9 @@ struct GraphSplitOptions {
     // Layers whose [I, I] matrices are accumulated in one pass over the data:
     // as many as fit in this budget, at least one (a 7B layer alone is 485 MB).
     size_t matrix_budget_bytes = size_t(256) << 20;
+    // [layer] the neurons to split (ascending; the rest are shared experts,
+    // split/shared_split.h): the graph restricted to them; empty: all neurons.
+    std::vector<std::vector<int32_t>> neurons;
 };
 
 struct GraphSplitTimings {
