@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -217,14 +218,9 @@ std::vector<std::string> cluster_files(const std::string& dir) {
     std::vector<std::string> files;
     const std::string summary = (fs::path(dir) / "summary.json").string();
     if (fs::exists(summary)) {
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(read_text_file(summary));
-        } catch (const nlohmann::json::exception& e) {
-            fail("{}: {}", summary, e.what());
-        }
-        if (!j.contains("clusters") || !j["clusters"].is_number_integer() || j["clusters"].get<int>() < 1)
-            fail("{}: no positive integer field 'clusters'", summary);
+        const nlohmann::json j = read_json_file(summary);
+        if (!j.is_object() || !j.contains("clusters") || !json_int_in(j["clusters"], 1, 1 << 20))
+            fail("{}: no field 'clusters' with a count in [1, {}]", summary, 1 << 20);
         const size_t K = j["clusters"].get<size_t>();
         for (size_t c = 0; c < K; ++c) {
             if (!fs::exists(file(c))) fail("{}: {} says {} clusters but {} is missing", dir, summary, K, file(c));
@@ -342,12 +338,18 @@ void write_importance(const std::string& path, const ImportanceResult& r) {
         {"tokens", tokens.dump()},
         {"windows", windows.dump()},
         {"scores", "f64 sums / tokens, stored as F32"}};
-    const std::string tmp = path + ".tmp";
-    write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
-                      meta);
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
+    check_output_path(path, OutputKind::File, true);
+    remove_stale_siblings(path);
+    const std::string tmp = temp_sibling(path);
+    try {
+        write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
+                          meta);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw;
+    }
+    commit_file(tmp, path);
 }
 
 namespace {
@@ -395,7 +397,7 @@ ImportanceFile read_importance(const std::string& path) {
         fail("{}: importance file of {} clusters, {} layers, intermediate size {}", path, f.clusters, f.num_layers,
              f.intermediate_size);
     try {
-        f.tokens = nlohmann::json::parse(meta_field(m, "tokens", path)).get<std::vector<int64_t>>();
+        f.tokens = parse_json(meta_field(m, "tokens", path), path + ": metadata 'tokens'").get<std::vector<int64_t>>();
     } catch (const nlohmann::json::exception& e) {
         fail("{}: importance metadata 'tokens': {}", path, e.what());
     }
