@@ -8,7 +8,7 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "eval/overlap_plots.h"
-#include "eval/png.h"
+#include "io/png.h"
 #include "split/gradient_split.h"
 #include "test_util.h"
 

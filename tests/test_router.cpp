@@ -11,14 +11,15 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "convert/convert.h"
+#include "convert/routing.h"
 #include "data/documents.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "model/moe_ffn.h"
 #include "model/tensor_names.h"
+#include "route/build_routers.h"
 #include "route/centroid_router.h"
-#include "route/router_fit.h"
 #include "split/random_split.h"
 #include "test_util.h"
 #include "tiny_model.h"
@@ -389,7 +390,7 @@ TEST(RouterBuild, ConvertedModelsRouteAndWeightAsTheBuildSays) {
             ConvertOptions co;
             co.format = fmt;
             co.top_k = 2;
-            co.gate = ro.mlp ? "mlp" : "linear";
+            co.gate = ro.mlp ? GateKind::Mlp : GateKind::Linear;
             co.dtype = DType::F32;  // exact router weights, so the check below is tight
             set_convert_routing(b, co);
             const std::string out = ts.tmp.path + "/moe";

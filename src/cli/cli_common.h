@@ -2,6 +2,7 @@
 // The CLI is a thin shell: each subcommand lives in its own cmd_<name>.cpp and
 // registers itself with MOEFY_COMMAND; it parses flags, calls the library and
 // prints. Errors (moefy::Error) are turned into one message and exit code 1 by main.
+#include <cstddef>
 #include <functional>
 #include <string>
 #include <vector>
@@ -9,6 +10,12 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "common/enum_names.h"
+
+namespace moefy {
+struct ExpertPlan;
+}
 
 namespace moefy::cli {
 
@@ -43,6 +50,30 @@ private:
     bool tty_;
     bool drawn_ = false;
 };
+
+// One-line summary of a written plan (the split commands).
+void print_plan_summary(const ExpertPlan& p, const std::string& out);
+
+// --flag WORD for a value parsed once, here, into `target` by `parse` (which
+// throws moefy::Error naming the flag); the help shows `default_word`.
+template <class T, class Parse>
+CLI::Option* add_parsed_option(CLI::App* cmd, const std::string& flag, T& target, Parse parse, const std::string& help,
+                               const std::string& default_word = "") {
+    CLI::Option* opt = cmd->add_option_function<std::string>(
+        flag, [&target, parse](const std::string& s) { target = parse(s); }, help);
+    if (!default_word.empty()) opt->default_str(default_word);
+    return opt;
+}
+
+// --flag WORD for an enum with a name table (common/enum_names.h): the help
+// lists the choices and the current value of `target` as the default.
+template <class E, size_t N>
+CLI::Option* add_enum_option(CLI::App* cmd, const std::string& flag, E& target, const EnumName<E> (&table)[N],
+                             const std::string& help) {
+    return add_parsed_option(
+        cmd, flag, target, [&table, flag](const std::string& s) { return parse_enum(table, s, flag); },
+        fmt::format("{}: {}", help, enum_choices(table, " | ", " | ")), enum_name(table, target));
+}
 
 }  // namespace moefy::cli
 

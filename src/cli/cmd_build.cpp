@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "cli/cli_common.h"
+#include "cli/moe_options.h"
 #include "common/error.h"
 #include "pipeline/build.h"
 
@@ -36,24 +37,16 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     BuildOptions& b = o->b;
     cmd->add_option("--model", b.model_dir, "Dense model directory")->required();
     cmd->add_option("--out", b.out_dir, "Output MoE model directory")->required();
-    cmd->add_option("--method", b.method, "Split: random | cluster | graph | gradient")->capture_default_str();
+    add_enum_option(cmd, "--method", b.method, split_method_names, "Split");
     cmd->add_option("--experts", b.experts, "Routed experts per layer")->capture_default_str();
-    cmd->add_option("--top-k", b.top_k, "Experts selected per token")->capture_default_str();
-    cmd->add_option("--format", b.format, "Output layout: llama-moe | mixtral | deepseek")->capture_default_str();
+    add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype);
     cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");
     cmd->add_option("--eval-data", b.eval_data, "Held-out text: evaluate dense vs MoE at the end");
     cmd->add_option("--text-field", b.text_field, "JSONL field holding the text (default: text, else content)");
     cmd->add_option("--calib-tokens", b.calib_tokens, "Calibration tokens at most")->capture_default_str();
     cmd->add_option("--eval-tokens", b.eval_tokens, "Evaluation tokens at most (0: all)")->capture_default_str();
     cmd->add_option("--ctx", b.ctx, "Tokens per window")->capture_default_str();
-    cmd->add_option("--router", b.router, "Router: fit (fitted on calibration text) | centroid | random (the reference)")
-        ->capture_default_str();
-    cmd->add_option("--weighting", b.weighting, "Expert weights: uniform (1 x scale) | softmax (over the top-k x scale)")
-        ->capture_default_str();
-    cmd->add_option("--scale", b.scale, "Routed output scale: fit (per layer, on calibration text) | auto | a number")
-        ->capture_default_str();
-    cmd->add_option("--gate", b.gate, "Router network: mlp (llama-moe only) | linear [default: the layout's]");
-    cmd->add_option("--dtype", b.dtype, "Output dtype: same | bf16 | f16 | f32")->capture_default_str();
+    add_routing_options(cmd, b.routing, "--data");
     cmd->add_option("--seed", b.seed, "Seed of every random choice")->capture_default_str();
     cmd->add_option("--plan", b.plan_path, "Use this expert plan instead of splitting");
     cmd->add_option("--save-plan", b.save_plan, "Also write the expert plan here");

@@ -5,7 +5,7 @@
 #include "data/text_cluster.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
-#include "model/document_embedding.h"
+#include "embed/document_embedding.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 

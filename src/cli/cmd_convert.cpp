@@ -1,5 +1,5 @@
 // moefy convert --model DIR --plan plan.json --out DIR [--format llama-moe|mixtral|deepseek] [--top-k 2]
-//               [--scale auto|FLOAT] [--gate mlp|linear] [--dtype same|bf16|f16|f32] [--seed 0] [--force]
+//               [--gate mlp|linear] [--dtype same|bf16|f16|f32] [--seed 0] [--force]
 //               [--no-softmax] [--no-multiply-gate-scores] [--max-shard-size 5GB]
 //               [--router random|centroid|fit] [--weighting softmax|uniform] [--scale auto|fit|FLOAT]
 //               [--calib FILE] [--calib-tokens N] [--ctx 512] [--text-field F]
@@ -7,12 +7,13 @@
 #include <filesystem>
 
 #include "cli/cli_common.h"
+#include "cli/moe_options.h"
 #include "common/error.h"
 #include "convert/convert.h"
+#include "convert/routing.h"
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
-#include "route/router_fit.h"
 #include "split/expert_plan.h"
 #include "tokenizer/tokenizer.h"
 
@@ -40,69 +41,41 @@ void print_report(const ConvertReport& r) {
 MOEFY_COMMAND(40, [](CLI::App& app) {
     auto* cmd = app.add_subcommand("convert", "Write an MoE checkpoint from a dense model and an expert plan");
     struct Opts {
-        std::string model, plan, out;
-        std::string format = "llama-moe", scale = "auto", gate, dtype = "same", max_shard = "5GB";
-        std::string router = "random", weighting = "softmax", calib, text_field;
+        std::string model, plan, out, calib, text_field;
+        ConvertOptions convert;
+        RoutingChoice routing{RouterKind::Random, Weighting::Softmax, RoutedScale{}, /*reference_by_converter=*/true};
         size_t calib_tokens = 32768;
         int ctx = 512;
-        int top_k = 2;
-        uint64_t seed = 0;
-        bool force = false, no_softmax = false, no_multiply = false;
+        bool no_softmax = false, no_multiply = false;
     };
     auto o = std::make_shared<Opts>();
+    ConvertOptions& c = o->convert;
     cmd->add_option("--model", o->model, "Dense model directory (config.json + safetensors)")->required();
     cmd->add_option("--plan", o->plan, "Expert plan (JSON, from moefy split)")->required();
     cmd->add_option("--out", o->out, "Output model directory")->required();
-    cmd->add_option("--format", o->format, "Output layout: llama-moe | mixtral | deepseek")->capture_default_str();
-    cmd->add_option("--top-k", o->top_k, "Experts selected per token")->capture_default_str();
-    cmd->add_option("--scale", o->scale,
-                    "Routed output scale: auto (softmax: experts / top-k; uniform: 1), fit (per layer, on --calib text) "
-                    "or a number")
-        ->capture_default_str();
-    cmd->add_option("--router", o->router,
-                    "Router: random (the reference: N(0, 0.02)) | centroid (mean normalised gate rows) | fit (fitted on "
-                    "--calib text)")
-        ->capture_default_str();
-    cmd->add_option("--weighting", o->weighting, "Expert weights: softmax (over the top-k, x scale) | uniform (1 x scale)")
-        ->capture_default_str();
+    add_layout_options(cmd, c.format, c.top_k, c.gate, c.dtype);
+    add_routing_options(cmd, o->routing, "--calib");
     cmd->add_option("--calib", o->calib,
                     "Calibration text (.jsonl/.txt) for --router fit, --scale fit or a softmax temperature "
                     "[default: the bundled data/calib.jsonl]");
     cmd->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens at most")->capture_default_str();
     cmd->add_option("--ctx", o->ctx, "Tokens per calibration window")->capture_default_str();
     cmd->add_option("--text-field", o->text_field, "JSONL field holding the calibration text (default: text, else content)");
-    cmd->add_option("--gate", o->gate, "Router: mlp (Linear-tanh-Linear, llama-moe only) | linear [default: mlp for llama-moe, linear otherwise]");
-    cmd->add_option("--dtype", o->dtype, "Output dtype: same | bf16 | f16 | f32")->capture_default_str();
-    cmd->add_option("--seed", o->seed, "Seed of the random router initialisation")->capture_default_str();
-    cmd->add_flag("--force", o->force, "Replace an existing output directory");
+    cmd->add_option("--seed", c.seed, "Seed of the random router initialisation")->capture_default_str();
+    cmd->add_flag("--force", c.force, "Replace an existing output directory");
     cmd->add_flag("--no-softmax", o->no_softmax, "llama-moe: weight experts by raw gate logits (gate_use_softmax false)");
     cmd->add_flag("--no-multiply-gate-scores", o->no_multiply,
                   "llama-moe: sum selected experts unweighted (multiply_gate_scores false; the scale is then unused)");
-    cmd->add_option("--max-shard-size", o->max_shard, "Largest safetensors file before sharding (e.g. 5GB, 500MB)")
-        ->capture_default_str();
+    add_parsed_option(
+        cmd, "--max-shard-size", c.max_shard_bytes, [](const std::string& s) { return parse_byte_size(s, "--max-shard-size"); },
+        "Largest safetensors file before sharding (e.g. 5GB, 500MB)", "5GB");
     cmd->callback([o] {
-        ConvertOptions opt;
-        opt.format = parse_moe_format(o->format);
-        opt.top_k = o->top_k;
-        opt.gate = o->gate;
-        opt.dtype = parse_out_dtype(o->dtype);
-        opt.seed = o->seed;
-        opt.force = o->force;
+        ConvertOptions& opt = o->convert;
         opt.gate_softmax = !o->no_softmax;
         opt.multiply_gate_scores = !o->no_multiply;
-        opt.max_shard_bytes = parse_byte_size(o->max_shard, "--max-shard-size");
-        if (opt.gate.empty()) opt.gate = opt.format == MoEFormat::LlamaMoE ? "mlp" : "linear";
-        const RouterOptions ro = parse_router_options(o->router, o->weighting, o->scale, opt.format, opt.gate == "mlp",
-                                                      o->top_k, o->seed);
-        // The reference's router (random, softmax x scale) is drawn by the converter
-        // itself; every other choice is built here and handed over.
-        const bool reference_routing = ro.kind == RouterKind::Random && ro.weighting == Weighting::Softmax && !ro.fit_scale;
-        if (!reference_routing && (o->no_softmax || o->no_multiply))
-            fail("--no-softmax / --no-multiply-gate-scores set the reference router's weighting by hand; with --router {} "
-                 "use --weighting softmax|uniform instead",
-                 o->router);
+        check_routing(o->routing, opt);
         // Refused before any slow work (calibration); convert_checkpoint checks again.
-        if (std::filesystem::exists(o->out) && !o->force)
+        if (std::filesystem::exists(o->out) && !opt.force)
             fail("{}: output already exists (use --force to replace it)", o->out);
         const Checkpoint dense = Checkpoint::open(o->model);
         const ExpertPlan plan = ExpertPlan::load(o->plan);
@@ -111,27 +84,22 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
 
         std::vector<TokenWindow> calib;
         std::string calib_path;
-        if (reference_routing) {
-            opt.scale = ro.scale;
-        } else {
-            if (needs_calibration(ro)) {
-                calib_path = o->calib.empty() ? std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl" : o->calib;
-                if (o->calib.empty() && !std::filesystem::exists(calib_path))
-                    fail("--router {} / --scale {} need calibration text: pass --calib FILE", o->router, o->scale);
-                check_context(dense.config, o->ctx, o->model);
-                auto tok = Tokenizer::from_dir(o->model);
-                calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
-            }
-            ProgressBar cbar("calibrate");
-            const RouterBuild rb = build_routers(dense, plan, ro, calib, [&](const char* stage, double d, double n) {
-                cbar.update(d, n, stage);
-            });
-            cbar.finish();
-            set_convert_routing(rb, opt);
-            opt.provenance = routing_provenance(o->router, o->weighting, o->scale, calib_path, rb.calib_tokens);
-            if (!calib.empty())
-                fmt::print("routers: {} on {} calibration tokens per layer ({})\n", o->router, rb.calib_tokens, calib_path);
+        if (routing_needs_calibration(o->routing, opt)) {
+            calib_path = o->calib.empty() ? std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl" : o->calib;
+            if (o->calib.empty() && !std::filesystem::exists(calib_path))
+                fail("--router {} / --scale {} need calibration text: pass --calib FILE", router_kind_name(o->routing.router),
+                     routed_scale_name(o->routing.scale));
+            check_context(dense.config, o->ctx, o->model);
+            auto tok = Tokenizer::from_dir(o->model);
+            calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
         }
+        ProgressBar cbar("calibrate");
+        const RoutingResult routing = apply_routing(dense, plan, o->routing, calib, calib_path, opt,
+                                                    [&](const char* stage, double d, double n) { cbar.update(d, n, stage); });
+        cbar.finish();
+        if (!calib.empty())
+            fmt::print("routers: {} on {} calibration tokens per layer ({})\n", router_kind_name(o->routing.router),
+                       routing.calib_tokens, calib_path);
         ProgressBar bar("convert");
         const ConvertReport r = convert_checkpoint(dense, plan, o->out, opt, [&](double done, double total) {
             bar.update(done / 1e9, total / 1e9, "GB");

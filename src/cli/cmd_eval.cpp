@@ -1,6 +1,7 @@
 // moefy eval --model DIR --data FILE [--ctx 512] [--max-tokens N] [--text-field F] [--json]
 //            [--reference DENSE_DIR [--oracle]]
 #include <cmath>
+#include <cstdio>
 
 #include "cli/cli_common.h"
 #include "common/error.h"
@@ -150,21 +151,14 @@ MOEFY_COMMAND(75, [](CLI::App& app) {
         g.temperature = o->temperature;
         g.top_p = o->top_p;
         g.seed = o->seed;
-        // Decode the growing continuation and print only what is new, so that
-        // multi-byte characters split over byte tokens come out whole.
-        const std::vector<int32_t> body(prompt.begin() + (tok->bos_id() >= 0 ? 1 : 0), prompt.end());
-        const std::string prefix = tok->decode(body);
-        std::vector<int32_t> all = body;
-        std::string shown;
+        // Each token's own text as it comes (decode_token keeps a word-initial
+        // piece's space and yields byte tokens as raw bytes, so a multi-byte
+        // character split over byte tokens is whole once its last byte is out).
         generate(*model, prompt, g, [&](int32_t t) {
-            all.push_back(t);
-            std::string text = tok->decode(all);
-            std::string cont = text.size() >= prefix.size() ? text.substr(prefix.size()) : text;
-            if (cont.size() > shown.size() && cont.compare(0, shown.size(), shown) == 0) {
-                fmt::print("{}", cont.substr(shown.size()));
-                std::fflush(stdout);
-                shown = cont;
-            }
+            const std::string piece = tok->decode_token(t);
+            if (piece.empty()) return;
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
         });
         fmt::print("\n");
     });

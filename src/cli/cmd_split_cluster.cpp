@@ -6,8 +6,6 @@
 
 namespace moefy::cli {
 
-void print_plan_summary(const ExpertPlan& p, const std::string& out);
-
 MOEFY_COMMAND(21, [](CLI::App& app) {
     auto* cmd = split_group(app)->add_subcommand("cluster", "Balanced k-means of each layer's normalised weight rows");
     struct Opts {

@@ -8,8 +8,6 @@
 
 namespace moefy::cli {
 
-void print_plan_summary(const ExpertPlan& p, const std::string& out);
-
 MOEFY_COMMAND(23, [](CLI::App& app) {
     auto* cmd = split_group(app)->add_subcommand(
         "gradient", "Build experts from per-cluster neuron importance (from `moefy importance`)");

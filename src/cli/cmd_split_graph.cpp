@@ -10,8 +10,6 @@
 
 namespace moefy::cli {
 
-void print_plan_summary(const ExpertPlan& p, const std::string& out);
-
 MOEFY_COMMAND(22, [](CLI::App& app) {
     auto* cmd = split_group(app)->add_subcommand("graph", "Partition each layer's neuron co-activation graph with METIS");
     struct Opts {

@@ -5,17 +5,6 @@
 
 namespace moefy::cli {
 
-// One-line summary of a written plan.
-void print_plan_summary(const ExpertPlan& p, const std::string& out) {
-    auto widths = [&](const LayerPlan& l) {
-        size_t lo = SIZE_MAX, hi = 0;
-        for (auto& e : l.experts) lo = std::min(lo, e.size()), hi = std::max(hi, e.size());
-        return lo == hi ? fmt::format("{}", lo) : fmt::format("{}..{}", lo, hi);
-    };
-    fmt::print("wrote {}: method {}, {} layers x {} experts of width {}{}\n", out, p.method, p.num_layers, p.num_experts(),
-               widths(p.layers[0]), p.num_shared() ? fmt::format(", {} shared", p.num_shared()) : "");
-}
-
 MOEFY_COMMAND(20, [](CLI::App& app) {
     auto* cmd = split_group(app)->add_subcommand("random", "Seeded, uniformly random balanced partition of each layer's neurons");
     struct Opts {

@@ -21,28 +21,31 @@ using convert::Context;
 using convert::Op;
 using convert::OutTensor;
 
-MoEFormat parse_moe_format(const std::string& s) {
-    if (s == "llama-moe") return MoEFormat::LlamaMoE;
-    if (s == "mixtral") return MoEFormat::Mixtral;
-    if (s == "deepseek") return MoEFormat::Deepseek;
-    fail("--format '{}': expected llama-moe, mixtral or deepseek", s);
-}
-
-const char* moe_format_name(MoEFormat f) {
-    switch (f) {
-        case MoEFormat::LlamaMoE: return "llama-moe";
-        case MoEFormat::Mixtral: return "mixtral";
-        case MoEFormat::Deepseek: return "deepseek";
-    }
-    return "?";
-}
+namespace {
+// "same" stands for nullopt.
+enum class OutDType { Same, BF16, F16, F32 };
+constexpr EnumName<OutDType> out_dtype_names[] = {
+    {OutDType::Same, "same"}, {OutDType::BF16, "bf16"}, {OutDType::F16, "f16"}, {OutDType::F32, "f32"}};
+}  // namespace
 
 std::optional<DType> parse_out_dtype(const std::string& s) {
-    if (s == "same") return std::nullopt;
-    if (s == "bf16") return DType::BF16;
-    if (s == "f16") return DType::F16;
-    if (s == "f32") return DType::F32;
-    fail("--dtype '{}': expected same, bf16, f16 or f32", s);
+    switch (parse_enum(out_dtype_names, s, "--dtype")) {
+        case OutDType::Same: return std::nullopt;
+        case OutDType::BF16: return DType::BF16;
+        case OutDType::F16: return DType::F16;
+        case OutDType::F32: return DType::F32;
+    }
+    return std::nullopt;
+}
+
+const char* out_dtype_name(std::optional<DType> t) {
+    if (!t) return "same";
+    switch (*t) {
+        case DType::BF16: return "bf16";
+        case DType::F16: return "f16";
+        case DType::F32: return "f32";
+    }
+    return "?";
 }
 
 size_t parse_byte_size(const std::string& s, const std::string& what) {
@@ -163,9 +166,8 @@ Context make_context(const Checkpoint& dense, const ExpertPlan& plan, const Conv
     c.R = plan.num_shared();
     c.k = opt.top_k;
     if (c.k < 1 || c.k > c.E) fail("--top-k {}: must be between 1 and the plan's {} experts", c.k, c.E);
-    const std::string gate = opt.gate.empty() ? (opt.format == MoEFormat::LlamaMoE ? "mlp" : "linear") : opt.gate;
-    if (gate != "mlp" && gate != "linear") fail("--gate '{}': expected mlp or linear", gate);
-    c.mlp_gate = gate == "mlp";
+    const char* gate = gate_kind_name(opt.gate_kind());
+    c.mlp_gate = opt.gate_kind() == GateKind::Mlp;
     if (!opt.layer_scales.empty()) {
         if (int(opt.layer_scales.size()) != c.L)
             fail("per-layer scales: {} values for a model with {} layers", opt.layer_scales.size(), c.L);

@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/enum_names.h"
 #include "io/dtype.h"
 #include "route/random_router.h"
 
@@ -31,11 +32,24 @@ namespace moefy {
 struct Checkpoint;
 struct ExpertPlan;
 
+// Output layouts (--format). A new layout: a value here, its name in the table, a writer.
 enum class MoEFormat { LlamaMoE, Mixtral, Deepseek };
-MoEFormat parse_moe_format(const std::string& s);  // "llama-moe" | "mixtral" | "deepseek"
-const char* moe_format_name(MoEFormat f);
+inline constexpr EnumName<MoEFormat> moe_format_names[] = {
+    {MoEFormat::LlamaMoE, "llama-moe"}, {MoEFormat::Mixtral, "mixtral"}, {MoEFormat::Deepseek, "deepseek"}};
+inline MoEFormat parse_moe_format(const std::string& s) { return parse_enum(moe_format_names, s, "--format"); }
+inline const char* moe_format_name(MoEFormat f) { return enum_name(moe_format_names, f); }
+
+// The router network (--gate): Linear-tanh-Linear (llama-moe only) or one linear layer.
+enum class GateKind { Mlp, Linear };
+inline constexpr EnumName<GateKind> gate_kind_names[] = {{GateKind::Mlp, "mlp"}, {GateKind::Linear, "linear"}};
+inline GateKind parse_gate_kind(const std::string& s) { return parse_enum(gate_kind_names, s, "--gate"); }
+inline const char* gate_kind_name(GateKind g) { return enum_name(gate_kind_names, g); }
+// The layout's own gate when none is asked for: llama-moe mlp, the others linear.
+inline GateKind default_gate(MoEFormat f) { return f == MoEFormat::LlamaMoE ? GateKind::Mlp : GateKind::Linear; }
+
 // "same" -> nullopt (every tensor keeps its dtype); "bf16" | "f16" | "f32".
 std::optional<DType> parse_out_dtype(const std::string& s);
+const char* out_dtype_name(std::optional<DType> t);  // "same" | "bf16" | "f16" | "f32"
 // "5GB" (10^9), "500MB", "2GiB", "4096" (bytes). Throws naming `what`.
 size_t parse_byte_size(const std::string& s, const std::string& what);
 const char* torch_dtype_name(DType t);  // "bfloat16", "float16", "float32"
@@ -47,7 +61,7 @@ struct ConvertOptions {
     // released models: 16 experts, top-4, scale 4). `layer_scales` overrides it per layer.
     std::optional<double> scale;
     std::vector<double> layer_scales;  // [layer] or empty
-    std::string gate;  // "mlp" | "linear"; empty: the layout's default (llama-moe: mlp; others: linear)
+    std::optional<GateKind> gate;  // nullopt: the layout's default (default_gate)
     std::optional<DType> dtype;  // nullopt: same as the source
     uint64_t seed = 0;           // random router init
     bool force = false;          // replace an existing output directory
@@ -66,6 +80,8 @@ struct ConvertOptions {
     nlohmann::json provenance = nlohmann::json::object();
     // How errors about the plan name it: its file when there is one.
     std::string plan_name = "expert plan";
+
+    GateKind gate_kind() const { return gate.value_or(default_gate(format)); }
 };
 
 struct ConvertReport {

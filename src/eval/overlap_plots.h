@@ -7,7 +7,7 @@
 // Same file names as the reference; total_neurons.txt is rewritten, not appended (reference bug 27).
 #include <string>
 
-#include "eval/png.h"
+#include "io/png.h"
 #include "split/expert_plan.h"
 #include "split/gradient_split.h"
 

@@ -25,16 +25,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-bool known_method(const std::string& m) { return m == "random" || m == "cluster" || m == "graph" || m == "gradient"; }
-bool method_reads_text(const std::string& m) { return m == "graph" || m == "gradient"; }
+bool method_reads_text(SplitMethod m) { return m == SplitMethod::Graph || m == SplitMethod::Gradient; }
 
-std::string resolved_gate(const BuildOptions& o, MoEFormat f) {
-    if (!o.gate.empty()) return o.gate;
-    return f == MoEFormat::LlamaMoE ? "mlp" : "linear";
-}
-
-RouterOptions router_options(const BuildOptions& o, MoEFormat f) {
-    return parse_router_options(o.router, o.weighting, o.scale, f, resolved_gate(o, f) == "mlp", o.top_k, o.seed);
+// The converter's options for the layout, before routing (convert/routing.h) fills in the routers.
+ConvertOptions layout_options(const BuildOptions& o) {
+    ConvertOptions co;
+    co.format = o.format;
+    co.top_k = o.top_k;
+    co.gate = o.gate;
+    co.dtype = o.dtype;
+    co.seed = o.seed;
+    co.force = o.force;
+    return co;
 }
 
 std::vector<TokenWindow> read_windows(const std::string& path, const std::string& field, const Tokenizer& tok, int ctx,
@@ -47,22 +49,18 @@ std::vector<TokenWindow> read_windows(const std::string& path, const std::string
 void check_options(const BuildOptions& o) {
     if (o.model_dir.empty()) fail("--model: no model directory given");
     if (o.out_dir.empty()) fail("--out: no output directory given");
-    if (o.plan_path.empty() && !known_method(o.method))
-        fail("--method '{}': expected random, cluster, graph or gradient", o.method);
     if (o.top_k < 1) fail("--top-k {}: must be at least 1", o.top_k);
     if (o.ctx < 2) fail("--ctx {}: must be at least 2", o.ctx);
-    const MoEFormat f = parse_moe_format(o.format);
-    const std::string gate = resolved_gate(o, f);
-    if (gate != "mlp" && gate != "linear") fail("--gate '{}': expected mlp or linear", gate);
-    if (gate == "mlp" && f != MoEFormat::LlamaMoE) fail("--gate mlp: only the llama-moe layout has an mlp router");
-    parse_out_dtype(o.dtype);
-    RouterOptions ro = router_options(o, f);
+    const ConvertOptions co = layout_options(o);
+    if (co.gate_kind() == GateKind::Mlp && co.format != MoEFormat::LlamaMoE)
+        fail("--gate mlp: only the llama-moe layout has an mlp router");
+    check_routing(o.routing, co);
     if (o.plan_path.empty() && method_reads_text(o.method) && o.calib_data.empty())
-        fail("--method {} needs calibration text (--data FILE)", o.method);
-    if (needs_calibration(ro) && o.calib_data.empty())
+        fail("--method {} needs calibration text (--data FILE)", split_method_name(o.method));
+    if (routing_needs_calibration(o.routing, co) && o.calib_data.empty())
         fail("--router {} with --weighting {} and --scale {} needs calibration text (--data FILE); "
              "--router random --scale auto needs none",
-             o.router, o.weighting, o.scale);
+             router_kind_name(o.routing.router), weighting_name(o.routing.weighting), routed_scale_name(o.routing.scale));
     if (std::filesystem::exists(o.out_dir) && !o.force) fail("{}: output already exists (use --force to replace it)", o.out_dir);
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
 }
@@ -130,31 +128,31 @@ double active_ffn_fraction(const ExpertPlan& plan, int top_k) {
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const std::vector<TokenWindow>& calib,
                            const BuildProgress& progress) {
     check_expert_count(o.experts, dense.config.intermediate_size);
-    if (o.method == "random") return random_split(dense, o.experts, o.seed);
-    if (o.method == "cluster") {
-        ClusterSplitOptions c;
-        c.experts = o.experts;
-        c.seed = o.seed;
-        return cluster_split(dense, c, [&](int l, int n) {
-            if (progress) progress("split", double(l), double(n));
-        });
+    switch (o.method) {
+        case SplitMethod::Random: return random_split(dense, o.experts, o.seed);
+        case SplitMethod::Cluster: {
+            ClusterSplitOptions c;
+            c.experts = o.experts;
+            c.seed = o.seed;
+            return cluster_split(dense, c, [&](int l, int n) {
+                if (progress) progress("split", double(l), double(n));
+            });
+        }
+        case SplitMethod::Graph: {
+            GraphSplitOptions g;
+            g.experts = o.experts;
+            g.seed = o.seed;
+            return graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
+                if (progress) progress("split", d, n);
+            });
+        }
+        case SplitMethod::Gradient: return gradient_build_plan(dense, o, progress);
     }
-    if (o.method == "graph") {
-        GraphSplitOptions g;
-        g.experts = o.experts;
-        g.seed = o.seed;
-        return graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
-            if (progress) progress("split", d, n);
-        });
-    }
-    if (o.method == "gradient") return gradient_build_plan(dense, o, progress);
-    fail("--method '{}': expected random, cluster, graph or gradient", o.method);
+    fail("--method: unknown split method");
 }
 
 BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     check_options(o);
-    const MoEFormat format = parse_moe_format(o.format);
-    const RouterOptions ro = router_options(o, format);
 
     BuildResult r;
     r.options = o;
@@ -176,7 +174,6 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     if (!o.plan_path.empty()) {
         r.plan = ExpertPlan::load(o.plan_path);
         r.plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o.plan_path);
-        r.options.method = r.plan.method;
         r.options.experts = r.plan.num_experts();
     } else {
         r.plan = make_build_plan(dense, o, calib, progress);
@@ -189,21 +186,14 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
 
     // calibrate: routers and scales
     t0 = Clock::now();
-    RouterBuild rb = build_routers(dense, r.plan, ro, calib, [&](const char* stage, double d, double n) {
-        if (progress) progress(stage, d, n);
-    });
-    r.routers = rb.layers;
-    r.calib_tokens = rb.calib_tokens;
-    ConvertOptions co;
-    co.format = format;
-    co.top_k = o.top_k;
-    co.gate = resolved_gate(o, format);
-    co.dtype = parse_out_dtype(o.dtype);
-    co.seed = o.seed;
-    co.force = o.force;
+    ConvertOptions co = layout_options(o);
+    const RoutingResult routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co,
+                                                [&](const char* stage, double d, double n) {
+                                                    if (progress) progress(stage, d, n);
+                                                });
+    r.routers = routing.layers;
+    r.calib_tokens = routing.calib_tokens;
     if (!o.plan_path.empty()) co.plan_name = o.plan_path;
-    set_convert_routing(rb, co);
-    co.provenance = routing_provenance(o.router, o.weighting, o.scale, calib.empty() ? "" : o.calib_data, rb.calib_tokens);
     r.stages.push_back({"calibrate", since(t0)});
 
     // convert
@@ -252,12 +242,12 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"experts", r.plan.num_experts()},
                         {"shared_experts", r.plan.num_shared()},
                         {"top_k", o.top_k},
-                        {"format", o.format},
+                        {"format", moe_format_name(o.format)},
                         {"layout", r.convert.layout},
                         {"gate", r.convert.gate},
-                        {"router", o.router},
-                        {"weighting", o.weighting},
-                        {"scale", o.scale},
+                        {"router", router_kind_name(o.routing.router)},
+                        {"weighting", weighting_name(o.routing.weighting)},
+                        {"scale", routed_scale_name(o.routing.scale)},
                         {"seed", o.seed},
                         {"active_ffn_fraction", r.active_ffn_fraction},
                         {"calib_tokens", r.calib_tokens},
@@ -283,8 +273,8 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
                                         : std::to_string(r.plan.num_experts())},
         {"top-k", std::to_string(r.options.top_k)},
         {"active FFN", fmt::format("{:.3f}", r.active_ffn_fraction)},
-        {"router", r.options.router},
-        {"weighting", r.options.weighting},
+        {"router", router_kind_name(r.options.routing.router)},
+        {"weighting", weighting_name(r.options.routing.weighting)},
     };
     if (r.eval) {
         t.push_back({"dense ppl", fmt::format("{:.3f}", r.eval->dense.perplexity())});
@@ -306,7 +296,8 @@ void write_build_report(const BuildResult& r, const std::string& path) {
     std::erase_if(in.summary, [](const auto& kv) { return kv.first.size() >= 2 && kv.first.ends_with(" s"); });
     in.details = {{"model", o.model_dir},
                   {"output", fmt::format("{} ({} layout, {} gate)", o.out_dir, r.convert.layout, r.convert.gate)},
-                  {"routing", fmt::format("router {}, weighting {}, scale {}", o.router, o.weighting, o.scale)}};
+                  {"routing", fmt::format("router {}, weighting {}, scale {}", router_kind_name(o.routing.router),
+                                          weighting_name(o.routing.weighting), routed_scale_name(o.routing.scale))}};
     if (!o.calib_data.empty())
         in.details.push_back({"calibration", fmt::format("{} ({} tokens per layer for the routers)", o.calib_data, r.calib_tokens)});
     if (r.eval) {

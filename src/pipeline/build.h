@@ -2,7 +2,7 @@
 // `moefy build`: the whole job in one call, each stage timed:
 //
 //   split      random | cluster | graph | gradient -> ExpertPlan (or a given plan)
-//   calibrate  routers and per-layer output scales (route/router_fit.h); runs the
+//   calibrate  routers and per-layer output scales (route/build_routers.h); runs the
 //              dense model over calibration text when the router options need it
 //   convert    the MoE checkpoint (convert/convert.h), written atomically
 //   eval       dense vs MoE (vs oracle) on held-out text (eval/compare.h)
@@ -22,35 +22,42 @@
 #include "convert/convert.h"
 #include "data/documents.h"
 #include "eval/compare.h"
-#include "route/router_fit.h"
+#include "convert/routing.h"
 #include "split/expert_plan.h"
 
 namespace moefy {
 
 struct Checkpoint;
 
+// --method. A new split method: a value here, its name in the table, a case in make_build_plan.
+enum class SplitMethod { Random, Cluster, Graph, Gradient };
+inline constexpr EnumName<SplitMethod> split_method_names[] = {
+    {SplitMethod::Random, "random"}, {SplitMethod::Cluster, "cluster"}, {SplitMethod::Graph, "graph"},
+    {SplitMethod::Gradient, "gradient"}};
+inline SplitMethod parse_split_method(const std::string& s) { return parse_enum(split_method_names, s, "--method"); }
+inline const char* split_method_name(SplitMethod m) { return enum_name(split_method_names, m); }
+
+// Every option typed: the CLI parses words into these once; the stages read them as they are.
 struct BuildOptions {
     std::string model_dir;
     std::string out_dir;
     bool force = false;
 
     // split
-    std::string method = "graph";  // random | cluster | graph | gradient
-    std::string plan_path;         // use this plan instead of splitting (method is then taken from it)
+    SplitMethod method = SplitMethod::Graph;
+    std::string plan_path;         // use this plan instead of splitting (method and experts come from it)
     std::string save_plan;         // also write the plan here
     int experts = 8;
     uint64_t seed = 0;
 
     // MoE layout
-    std::string format = "llama-moe";  // llama-moe | mixtral | deepseek
+    MoEFormat format = MoEFormat::LlamaMoE;
     int top_k = 2;
-    std::string gate;                  // mlp | linear; empty: the layout's default
-    std::string dtype = "same";
+    std::optional<GateKind> gate;  // nullopt: the layout's default
+    std::optional<DType> dtype;    // nullopt: same as the source
 
-    // routing (see route/router_fit.h)
-    std::string router = "fit";        // random | centroid | fit
-    std::string weighting = "uniform"; // softmax | uniform
-    std::string scale = "fit";         // fit | auto (the weighting's natural value) | a number
+    // routing (convert/routing.h): by default a fitted router, uniform weights, fitted scales
+    RoutingChoice routing{RouterKind::Fit, Weighting::Uniform, RoutedScale::fit()};
 
     // text
     std::string calib_data;   // calibration .jsonl/.txt: the graph split and fitted routers/scales need it

@@ -6,17 +6,9 @@
 
 #include "common/error.h"
 #include "model/moe_ffn.h"
-#include "route/fit_router.h"
+#include "route/fitted_router.h"
 
 namespace moefy {
-
-const char* weighting_name(Weighting w) { return w == Weighting::Softmax ? "softmax" : "uniform"; }
-
-Weighting parse_weighting(const std::string& s) {
-    if (s == "softmax") return Weighting::Softmax;
-    if (s == "uniform") return Weighting::Uniform;
-    fail("--weighting '{}': expected softmax or uniform", s);
-}
 
 namespace {
 

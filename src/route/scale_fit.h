@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/enum_names.h"
 #include "route/calibration.h"
 
 namespace moefy {
@@ -20,8 +21,9 @@ struct RouterWeights;
 //   softmax: reference LLaMA-MoE (and Mixtral): softmax over the k selected logits, times the scale;
 //   uniform: weight 1 per selected expert, times the scale (MoEfication's masking when the scale is 1).
 enum class Weighting { Softmax, Uniform };
-const char* weighting_name(Weighting w);
-Weighting parse_weighting(const std::string& s);  // "softmax" | "uniform"
+inline constexpr EnumName<Weighting> weighting_names[] = {{Weighting::Softmax, "softmax"}, {Weighting::Uniform, "uniform"}};
+inline const char* weighting_name(Weighting w) { return enum_name(weighting_names, w); }
+inline Weighting parse_weighting(const std::string& s) { return parse_enum(weighting_names, s, "--weighting"); }
 
 // Top-k of logits [N, E] (ties to the lower index, as the engine) into sel [N, k],
 // and the unscaled combine weights into w [N, k]. Softmax is over the k selected

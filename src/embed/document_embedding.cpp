@@ -1,4 +1,4 @@
-#include "model/document_embedding.h"
+#include "embed/document_embedding.h"
 
 #include <cmath>
 

@@ -1,4 +1,4 @@
-#include "eval/png.h"
+#include "io/png.h"
 
 #include <unistd.h>
 

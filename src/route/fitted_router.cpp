@@ -1,4 +1,4 @@
-#include "route/fit_router.h"
+#include "route/fitted_router.h"
 
 #include <cblas.h>
 #include <omp.h>

@@ -1,10 +1,11 @@
 #pragma once
 // Routers that work without retraining, and the output scale: the one entry
-// point that `moefy convert` (and later `moefy build`) call.
+// point that `moefy convert` and `moefy build` call (through convert/routing.h,
+// which turns a RouterBuild into the converter's options).
 //
 //   random    the reference: N(0, 0.02) from the seed (LLaMA-MoE's converted gate).
 //   centroid  mean of each expert's normalised gate-projection rows (centroid_router.h).
-//   fit       fitted on calibration text run through the dense model (fit_router.h).
+//   fit       fitted on calibration text run through the dense model (fitted_router.h).
 //
 // Weighting of the selected experts (see scale_fit.h): softmax (the reference:
 // softmax over the k selected logits × scale) or uniform (weight 1 × scale; with
@@ -21,9 +22,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/enum_names.h"
 #include "data/documents.h"
 #include "route/calibration.h"
-#include "route/fit_router.h"
+#include "route/fitted_router.h"
 #include "route/random_router.h"
 #include "route/scale_fit.h"
 
@@ -31,12 +33,12 @@ namespace moefy {
 
 struct Checkpoint;
 struct ExpertPlan;
-struct ConvertOptions;
-enum class MoEFormat;
 
 enum class RouterKind { Random, Centroid, Fit };
-const char* router_kind_name(RouterKind k);
-RouterKind parse_router_kind(const std::string& s);  // "random" | "centroid" | "fit"
+inline constexpr EnumName<RouterKind> router_kind_names[] = {
+    {RouterKind::Random, "random"}, {RouterKind::Centroid, "centroid"}, {RouterKind::Fit, "fit"}};
+inline const char* router_kind_name(RouterKind k) { return enum_name(router_kind_names, k); }
+inline RouterKind parse_router_kind(const std::string& s) { return parse_enum(router_kind_names, s, "--router"); }
 
 // How the converter weights the experts of one layer after the top-k:
 //   SoftmaxTopK: softmax over the k selected logits (llama-moe, mixtral);
@@ -81,17 +83,6 @@ struct RouterBuild {
 // stage: "calibrate" (tokens) or "fit" (layers).
 using RouterProgress = std::function<void(const char* stage, double done, double total)>;
 
-// `--router`, `--weighting` and `--scale` (fit | auto | a positive number) as
-// `moefy convert` and `moefy build` take them, for a layout and gate.
-RouterOptions parse_router_options(const std::string& router, const std::string& weighting, const std::string& scale,
-                                   MoEFormat format, bool mlp_gate, int top_k, uint64_t seed);
-
-// What config.json records under "moefy" about routers built here:
-// {"router": {kind, weighting, scale}} plus {"calibration": {file, tokens_per_layer}}
-// when calibration text was read (calib_file not empty).
-nlohmann::json routing_provenance(const std::string& router, const std::string& weighting, const std::string& scale,
-                                  const std::string& calib_file, size_t calib_tokens);
-
 // Whether the options need calibration windows (fit router, fitted scale, or a
 // softmax temperature to fit).
 bool needs_calibration(const RouterOptions& opt);
@@ -112,22 +103,9 @@ RouterBuild build_routers_from_stats(const Checkpoint& dense, const ExpertPlan& 
 std::vector<LayerRouterReport> evaluate_routers(const std::vector<LayerCalib>& calib, const std::vector<RouterWeights>& routers,
                                                 int top_k, Weighting weighting, CombineRule combine, const std::vector<double>& scales);
 
-// Puts routers, weighting and scales into the converter's options for its
-// layout (opt.format and opt.top_k must be set):
-//   softmax: gate_softmax = multiply_gate_scores = true, layer_scales = scales.
-//   uniform: llama-moe with every scale 1: multiply_gate_scores = false (exact,
-//            as MoEfication). Otherwise (mixtral/deepseek always; llama-moe with
-//            a scale) the softmax is flattened: the routers' last matrix is
-//            multiplied by 2^-m, which keeps the selection bit-exact (a power of
-//            two scales every float product exactly) while every logit gap
-//            shrinks below 1e-3, so the weights are 1/k (llama-moe, mixtral) or
-//            1/E (deepseek) to within 0.1%; the scale is multiplied by k or E to
-//            make up. Runtimes then compute the uniform sum to bf16 precision.
-void set_convert_routing(const RouterBuild& build, ConvertOptions& opt);
-
-// The multiplier 2^-m used by set_convert_routing for a router: the smallest
-// power of two that bounds every logit gap by `gap` for any RMSNorm output with
-// weight γ (‖x‖₂ ≤ max|γ|·√H).
+// The multiplier 2^-m used by set_convert_routing (convert/routing.h) for a
+// router: the smallest power of two that bounds every logit gap by `gap` for any
+// RMSNorm output with weight γ (‖x‖₂ ≤ max|γ|·√H).
 double flatten_factor(const RouterWeights& r, double max_abs_gamma, double gap = 1e-3);
 
 }  // namespace moefy

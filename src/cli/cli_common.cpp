@@ -1,0 +1,65 @@
+// What every command shares: the command registry, the split group, the
+// progress bar and the plan summary.
+#include "cli/cli_common.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "split/expert_plan.h"
+
+namespace moefy::cli {
+
+std::vector<CommandEntry>& command_registry() {
+    static std::vector<CommandEntry> r;
+    return r;
+}
+
+CLI::App* split_group(CLI::App& app) {
+    for (CLI::App* s : app.get_subcommands([](CLI::App* c) { return c->get_name() == "split"; })) return s;
+    CLI::App* s = app.add_subcommand("split", "Split every FFN into experts and write an expert plan (JSON)");
+    s->require_subcommand(1);
+    return s;
+}
+
+static double now_s() {
+    using namespace std::chrono;
+    return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+ProgressBar::ProgressBar(std::string label) : label_(std::move(label)), start_(now_s()), tty_(isatty(2)) {}
+ProgressBar::~ProgressBar() { finish(); }
+
+void ProgressBar::update(double done, double total, const std::string& unit) {
+    if (!tty_) return;
+    double t = now_s();
+    if (t - last_draw_ < 0.1 && done < total) return;
+    last_draw_ = t;
+    double frac = total > 0 ? std::min(1.0, done / total) : 0.0;
+    double el = t - start_;
+    double eta = frac > 0 ? el * (1 - frac) / frac : 0;
+    int width = 30, fill = int(frac * width);
+    std::fprintf(stderr, "\r%s [%.*s%*s] %5.1f%% %.0f/%.0f %s  %.0fs elapsed, ETA %.0fs   ", label_.c_str(), fill,
+                 "##############################", width - fill, "", 100 * frac, done, total, unit.c_str(), el, eta);
+    std::fflush(stderr);
+    drawn_ = true;
+}
+
+void ProgressBar::finish() {
+    if (drawn_) std::fprintf(stderr, "\n");
+    drawn_ = false;
+}
+
+void print_plan_summary(const ExpertPlan& p, const std::string& out) {
+    auto widths = [&](const LayerPlan& l) {
+        size_t lo = SIZE_MAX, hi = 0;
+        for (auto& e : l.experts) lo = std::min(lo, e.size()), hi = std::max(hi, e.size());
+        return lo == hi ? fmt::format("{}", lo) : fmt::format("{}..{}", lo, hi);
+    };
+    fmt::print("wrote {}: method {}, {} layers x {} experts of width {}{}\n", out, p.method, p.num_layers, p.num_experts(),
+               widths(p.layers[0]), p.num_shared() ? fmt::format(", {} shared", p.num_shared()) : "");
+}
+
+}  // namespace moefy::cli

@@ -1,0 +1,121 @@
+#include "convert/routing.h"
+
+#include <cmath>
+
+#include "common/error.h"
+#include "model/checkpoint.h"
+#include "split/expert_plan.h"
+
+namespace moefy {
+
+RoutedScale parse_routed_scale(const std::string& s) {
+    if (s == "fit") return RoutedScale::fit();
+    if (s == "auto") return {};
+    size_t used = 0;
+    double v = 0;
+    try {
+        v = std::stod(s, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != s.size() || s.empty() || !(std::isfinite(v) && v > 0))
+        fail("--scale '{}': expected fit, auto or a positive number", s);
+    return RoutedScale::fixed(v);
+}
+
+std::string routed_scale_name(const RoutedScale& s) {
+    switch (s.mode) {
+        case RoutedScale::Mode::Auto: return "auto";
+        case RoutedScale::Mode::Fit: return "fit";
+        case RoutedScale::Mode::Fixed: return fmt::format("{:g}", s.value);
+    }
+    return "?";
+}
+
+bool is_reference_routing(const RoutingChoice& c) {
+    return c.router == RouterKind::Random && c.weighting == Weighting::Softmax && c.scale.mode != RoutedScale::Mode::Fit;
+}
+
+RouterOptions router_options(const RoutingChoice& c, const ConvertOptions& co) {
+    RouterOptions ro;
+    ro.kind = c.router;
+    ro.weighting = c.weighting;
+    ro.top_k = co.top_k;
+    ro.mlp = co.gate_kind() == GateKind::Mlp;
+    ro.combine = co.format == MoEFormat::Deepseek ? CombineRule::SoftmaxAll : CombineRule::SoftmaxTopK;
+    ro.seed = co.seed;
+    ro.fit_scale = c.scale.mode == RoutedScale::Mode::Fit;
+    if (c.scale.mode == RoutedScale::Mode::Fixed) ro.scale = c.scale.value;
+    return ro;
+}
+
+namespace {
+bool left_to_converter(const RoutingChoice& c) { return c.reference_by_converter && is_reference_routing(c); }
+}  // namespace
+
+bool routing_needs_calibration(const RoutingChoice& c, const ConvertOptions& co) {
+    return !left_to_converter(c) && needs_calibration(router_options(c, co));
+}
+
+void check_routing(const RoutingChoice& c, const ConvertOptions& co) {
+    if (!left_to_converter(c) && (!co.gate_softmax || !co.multiply_gate_scores))
+        fail("--no-softmax / --no-multiply-gate-scores set the reference router's weighting by hand; with --router {} "
+             "use --weighting softmax|uniform instead",
+             router_kind_name(c.router));
+}
+
+RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
+                            const std::vector<TokenWindow>& calib, const std::string& calib_file, ConvertOptions& co,
+                            const RouterProgress& progress) {
+    check_routing(c, co);
+    RoutingResult out;
+    if (left_to_converter(c)) {
+        co.routers.clear();
+        co.layer_scales.clear();
+        co.scale.reset();
+        if (c.scale.mode == RoutedScale::Mode::Fixed) co.scale = c.scale.value;
+        return out;
+    }
+    const RouterBuild rb = build_routers(dense, plan, router_options(c, co), calib, progress);
+    set_convert_routing(rb, co);
+    co.provenance = routing_provenance(c, calib.empty() ? "" : calib_file, rb.calib_tokens);
+    out.built = true;
+    out.layers = rb.layers;
+    out.calib_tokens = rb.calib_tokens;
+    return out;
+}
+
+nlohmann::json routing_provenance(const RoutingChoice& c, const std::string& calib_file, size_t calib_tokens) {
+    nlohmann::json j = {{"router",
+                         {{"kind", router_kind_name(c.router)},
+                          {"weighting", weighting_name(c.weighting)},
+                          {"scale", routed_scale_name(c.scale)}}}};
+    if (!calib_file.empty()) j["calibration"] = {{"file", calib_file}, {"tokens_per_layer", calib_tokens}};
+    return j;
+}
+
+void set_convert_routing(const RouterBuild& build, ConvertOptions& opt) {
+    const size_t L = build.routers.size();
+    if (build.scales.size() != L || build.gamma_max.size() != L) fail("router build: inconsistent layer counts");
+    opt.routers = build.routers;
+    opt.layer_scales = build.scales;
+    opt.scale.reset();
+    opt.gate_softmax = true;
+    opt.multiply_gate_scores = true;
+    if (build.weighting == Weighting::Softmax) return;
+    bool all_one = true;
+    for (double s : build.scales) all_one = all_one && s == 1.0;
+    if (opt.format == MoEFormat::LlamaMoE && all_one) {
+        opt.multiply_gate_scores = false;  // sum of the selected experts, as MoEfication
+        return;
+    }
+    // Flattened softmax: each weight is 1/k (renormalised top-k) or 1/E (deepseek).
+    const int E = L ? build.routers[0].num_experts : 0;
+    const double spread = opt.format == MoEFormat::Deepseek ? double(E) : double(opt.top_k);
+    for (size_t l = 0; l < L; ++l) {
+        scale_router_logits(opt.routers[l], flatten_factor(build.routers[l], build.gamma_max[l]));
+        opt.layer_scales[l] *= spread;
+    }
+}
+
+}  // namespace moefy
