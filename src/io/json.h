@@ -1,7 +1,7 @@
 #pragma once
 // JSON from files moefy did not write: the nesting depth is capped before
 // nlohmann builds the tree (its copy, dump and comparison recurse once per
-// level, so a 100 kB file of '[' overflows the stack), and integers are read
+// level, so a deeply nested file overflows the stack), and integers are read
 // as int64 with an explicit range, never cut to 32 bits.
 #include <cstdint>
 #include <string>

@@ -2,7 +2,6 @@
 
 #include "common/error.h"
 #include "io/json.h"
-#include "io/json.h"
 #include "io/output_dir.h"
 
 #include <cmath>
