@@ -1,6 +1,6 @@
 // Importance files (safetensors + metadata): read_importance on arbitrary bytes.
 #include "fuzz_util.h"
-#include "split/importance.h"
+#include "split/importance_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string path = fuzz::write_input(data, size, "importance.safetensors");

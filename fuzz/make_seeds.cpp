@@ -12,7 +12,7 @@
 
 #include "io/safetensors.h"
 #include "split/expert_plan.h"
-#include "split/importance.h"
+#include "split/importance_file.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

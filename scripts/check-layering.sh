@@ -11,7 +11,7 @@ src=${1:-$(dirname "$0")/../src}
 # Keep in step with README.md ("Layout of the code").
 layers=(
   "common"
-  "io"
+  "io mpi"
   "tokenizer"
   "data"
   "model"

@@ -316,8 +316,8 @@ TEST(BackwardTest, MemoryEstimateAndAutoMode) {
 // ---- golden values -----------------------------------------------------------------------
 
 TEST(BackwardTest, GoldenDnllDhOfTheDemoModel) {
-    const std::string dir = shared_path("models/tinyllama-moefy-demo");
-    if (!std::filesystem::exists(dir + "/reference.json")) GTEST_SKIP() << "no " << dir;
+    const std::string dir = demo_model_dir();
+    REQUIRE_REPO_FILE(dir + "/reference.json");
     const json ref = json::parse(read_file(dir + "/reference.json"));
     Checkpoint ck = Checkpoint::open(dir);
     auto model = Model::load(ck);

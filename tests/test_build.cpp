@@ -25,7 +25,6 @@ namespace {
 
 std::string data_file(const char* name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
 
-bool have_demo() { return fs::exists(demo_model_dir() + "/model.safetensors"); }
 
 std::string error_of(const std::function<void()>& f) {
     try {
@@ -86,7 +85,7 @@ TEST(Build, RefusesBadRequestsBeforeWork) {
 }
 
 TEST(Build, RandomReferenceBuildMatchesStagesRunByHand) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     BuildOptions o;
     o.model_dir = demo_model_dir();
@@ -144,7 +143,7 @@ TEST(Build, RandomReferenceBuildMatchesStagesRunByHand) {
 }
 
 TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     Checkpoint dense = Checkpoint::open(demo_model_dir());
     random_split(dense, 8, 3).save(t.path + "/plan.json");
@@ -171,7 +170,7 @@ TEST(Build, FittedRouterBeatsRandomRouterOnTheSameSplit) {
 }
 
 TEST(BuildCli, TableJsonAndReport) {
-    if (!have_demo()) GTEST_SKIP() << demo_model_dir() << " not present";
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
     TempDir t;
     const std::string base = fmt::format("build --model {} --method random --experts 4 --top-k 2 --router random "
                                          "--weighting softmax --scale auto --eval-data {} --eval-tokens 200 --format mixtral",

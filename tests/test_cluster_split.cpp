@@ -179,7 +179,7 @@ TEST(ClusterSplit, RejectsBadOptions) {
     EXPECT_THROW(cluster_split(ck, o), Error);
 }
 
-TEST(ClusterSplit, Stories260KBeatsRandomPartition) {
+TEST(SharedClusterSplit, Stories260KBeatsRandomPartition) {
     if (!shared_exists("fixtures/stories260K/model.safetensors")) GTEST_SKIP() << "stories260K fixture absent";
     const Checkpoint ck = Checkpoint::open(shared_path("fixtures/stories260K"));
     const int I = ck.config.intermediate_size, H = ck.config.hidden_size, E = 8;  // 172 = 4*22 + 4*21

@@ -328,7 +328,7 @@ TEST(CompareReference, JsonCarriesEveryMeasurement) {
 
 TEST(CompareCli, EvalReferenceOracleAtAllExpertsEqualsDense) {
     const std::string demo = demo_model_dir();
-    if (!fs::exists(demo + "/model.safetensors")) GTEST_SKIP() << demo << " not present";
+    REQUIRE_REPO_FILE(demo + "/model.safetensors");
     TempDir t;
     const std::string plan = t.path + "/plan.json", moe = t.path + "/moe";
     ASSERT_EQ(run_cli(fmt::format("split random --model {} --experts 4 --out {}", demo, plan)).status, 0);

@@ -948,7 +948,7 @@ TEST(ConvertPipe, ChunksArriveInOrderAndWriterErrorsReachTheCaller) {
 
 // ------------------------------------------------------------------ real model + CLI
 
-TEST(ConvertStories260K, ConvertsToLlamaMoEAndMixtralWithFourExperts) {
+TEST(SharedConvertStories260K, ConvertsToLlamaMoEAndMixtralWithFourExperts) {
     if (!shared_exists("fixtures/stories260K/model.safetensors")) GTEST_SKIP() << "fixtures/stories260K not present";
     TempDir tmp;
     Checkpoint ck = Checkpoint::open(shared_path("fixtures/stories260K"));

@@ -1033,8 +1033,8 @@ TEST(EngineMoE, RouteOverrideAndObserver) {
 const std::string kShared = MOEFY_SHARED_DIR;
 
 TEST(EngineGolden, DemoModelReproducesReference) {
-    const std::string dir = kShared + "/models/tinyllama-moefy-demo";
-    if (!fs::exists(dir + "/reference.json")) GTEST_SKIP() << dir << " not present";
+    const std::string dir = demo_model_dir();
+    REQUIRE_REPO_FILE(dir + "/reference.json");
     const json ref = json::parse(std::ifstream(dir + "/reference.json"));
     Checkpoint ck = Checkpoint::open(dir);
     auto model = Model::load(ck);
@@ -1083,7 +1083,7 @@ TEST(EngineGolden, DemoModelReproducesReference) {
     }
 }
 
-TEST(EngineGolden, Stories260KGreedyStory) {
+TEST(SharedEngineGolden, Stories260KGreedyStory) {
     const std::string dir = kShared + "/fixtures/stories260K";
     if (!fs::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " not present";
     sentencepiece::SentencePieceProcessor sp;

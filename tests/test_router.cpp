@@ -486,10 +486,10 @@ TEST(RouterBuild, OptionsNeedingCalibrationRefuseWithoutIt) {
 
 // On the real demo model, a router fitted on one slice of text picks experts
 // carrying more of the FFN output on another slice than random or centroid routers.
-TEST(RouterDemo, FittedRouterBeatsRandomAndCentroidOnHeldOutText) {
-    const std::string dir = shared_path("models/tinyllama-moefy-demo");
-    if (!shared_exists("models/tinyllama-moefy-demo/model.safetensors") || !shared_exists("corpus/valid.jsonl"))
-        GTEST_SKIP() << "demo model or corpus not present";
+TEST(SharedRouterDemo, FittedRouterBeatsRandomAndCentroidOnHeldOutText) {
+    const std::string dir = demo_model_dir();
+    REQUIRE_REPO_FILE(dir + "/model.safetensors");
+    if (!shared_exists("corpus/valid.jsonl")) GTEST_SKIP() << "corpus not present";
     const Checkpoint dense = Checkpoint::open(dir);
     auto tok = Tokenizer::from_dir(dir);
     const auto docs = read_documents(shared_path("corpus/valid.jsonl"));

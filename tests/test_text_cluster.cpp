@@ -499,7 +499,7 @@ TEST(TextClusterOutput, TxtFilesAndDirectories) {
     EXPECT_EQ(got, want);
 }
 
-TEST(TextClusterOutput, EvalCorpusNoDocumentLost) {
+TEST(SharedTextCluster, EvalCorpusNoDocumentLost) {
     const std::string path = shared_path("corpus/eval.jsonl");
     if (!fs::exists(path)) GTEST_SKIP() << path << " not present";
     TempDir t;

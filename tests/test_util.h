@@ -33,6 +33,15 @@ inline bool shared_exists(const std::string& rel) { return std::filesystem::exis
 
 // The demo model bundled with the repository.
 inline std::string demo_model_dir() { return std::string(MOEFY_SOURCE_DIR) + "/models/tinyllama-demo"; }
+inline std::string repo_data_file(const std::string& name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
+
+// A fixture that is part of the repository: its absence is a broken checkout,
+// so the test fails (it never skips). Fixtures from ../shared skip instead, and
+// their tests are named Shared* (ctest label `shared`, see CMakeLists.txt).
+#define REQUIRE_REPO_FILE(path)                                                                       \
+    do {                                                                                              \
+        if (!std::filesystem::exists(path)) GTEST_FAIL() << (path) << " is missing from the repository"; \
+    } while (0)
 
 struct CliResult {
     int status;

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "split/expert_plan.h"
 
@@ -50,6 +52,24 @@ void ProgressBar::update(double done, double total, const std::string& unit) {
 void ProgressBar::finish() {
     if (drawn_) std::fprintf(stderr, "\n");
     drawn_ = false;
+}
+
+std::string bundled_file(const std::string& rel) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path exe_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+    if (ec) return "";
+    const fs::path installed = exe_dir / ".." / "share" / "moefy" / rel;
+    if (fs::exists(installed)) return installed.lexically_normal().string();
+    // Run from the build directory: the source tree is the one CMake configured it from.
+    std::ifstream cache(exe_dir / "CMakeCache.txt");
+    const std::string key = "moefy_SOURCE_DIR:STATIC=";
+    for (std::string line; std::getline(cache, line);)
+        if (line.compare(0, key.size(), key) == 0) {
+            const fs::path source = fs::path(line.substr(key.size())) / rel;
+            return fs::exists(source) ? source.string() : "";
+        }
+    return "";
 }
 
 void print_plan_summary(const ExpertPlan& p, const std::string& out) {

@@ -51,6 +51,12 @@ private:
     bool drawn_ = false;
 };
 
+// A file bundled with moefy (e.g. "data/calib.jsonl"), found relative to the
+// executable: <prefix>/bin/moefy reads <prefix>/share/moefy/<rel>; a moefy in
+// its CMake build directory reads the source tree named by that directory's
+// CMakeCache.txt. "" when neither has it.
+std::string bundled_file(const std::string& rel);
+
 // One-line summary of a written plan (the split commands).
 void print_plan_summary(const ExpertPlan& p, const std::string& out);
 

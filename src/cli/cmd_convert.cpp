@@ -85,8 +85,8 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         std::vector<TokenWindow> calib;
         std::string calib_path;
         if (routing_needs_calibration(o->routing, opt)) {
-            calib_path = o->calib.empty() ? std::string(MOEFY_SOURCE_DIR) + "/data/calib.jsonl" : o->calib;
-            if (o->calib.empty() && !std::filesystem::exists(calib_path))
+            calib_path = o->calib.empty() ? bundled_file("data/calib.jsonl") : o->calib;
+            if (calib_path.empty())
                 fail("--router {} / --scale {} need calibration text: pass --calib FILE", router_kind_name(o->routing.router),
                      routed_scale_name(o->routing.scale));
             check_context(dense.config, o->ctx, o->model);

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
+#include "mpi/rank_group.h"
 #include "split/importance.h"
 #include "tokenizer/tokenizer.h"
 
@@ -34,7 +35,8 @@ MOEFY_COMMAND(62, [](CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--out", o->out, "Output file (.safetensors)")->required();
     cmd->callback([o] {
-        const RankGroup group = RankGroup::world();
+        const MpiSession mpi;  // MPI from here to the end of the command, when started by mpirun
+        const RankGroup& group = mpi.group();
         try {
             o->o.settings = {parse_importance_kind(o->kind), parse_importance_kernel(o->kernel),
                              parse_importance_level(o->level)};
@@ -60,11 +62,9 @@ MOEFY_COMMAND(62, [](CLI::App& app) {
                        importance_level_name(r.settings.level), fmt::join(per, ", "));
             fmt::print("time: {:.1f} s for {} tokens ({:.0f} tokens/s, {} process(es))\n", r.seconds, tokens,
                        r.seconds > 0 ? double(tokens) / r.seconds : 0.0, r.ranks);
-        } catch (const std::exception& e) {
-            if (group.size() > 1) {  // the other ranks would wait forever in the all-reduce
-                std::fprintf(stderr, "moefy: error (rank %d of %d): %s\n", group.rank(), group.size(), e.what());
-                group.abort(1);
-            }
+        } catch (const Error& e) {
+            // Every rank returns the error (split/importance_run.h): say which rank.
+            if (group.size() > 1) fail("rank {} of {}: {}", group.rank(), group.size(), e.what());
             throw;
         }
     });

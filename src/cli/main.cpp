@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/warn.h"
 #include "io/mapped_file.h"
+#include "model/kernel_path.h"
 
 // OpenMP threads spin ~3 ms at every barrier by default; beside OpenBLAS's own
 // threads on a 2-core machine they steal each other's time slices (measured:
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
     prefer_passive_openmp(argv);
     CLI::App app{"moefy: split a dense LLaMA-family model's FFNs into experts and write MoE checkpoints"};
     app.require_subcommand(1);
-    app.set_version_flag("--version", "moefy 0.1.0");
+    app.set_version_flag("--version", fmt::format("moefy {}\nkernels: {}", MOEFY_VERSION, moefy::kernel_path_name()));
     auto& reg = moefy::cli::command_registry();
     std::stable_sort(reg.begin(), reg.end(), [](auto& a, auto& b) { return a.order < b.order; });
     for (auto& c : reg) c.setup(app);

@@ -44,14 +44,24 @@ void check_options(const ModelConfig& cfg, const ExpertPlan& plan, const RouterO
     if (plan.num_layers != cfg.num_layers) fail("expert plan: {} layers, the model has {}", plan.num_layers, cfg.num_layers);
 }
 
+// What both entry points refuse before any work (the plan against the model, the
+// options, calibration the options need but did not get), then the model.
+std::unique_ptr<Model> load_checked(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
+                                    bool have_calibration) {
+    const ModelConfig& cfg = dense.config;
+    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
+    check_options(cfg, plan, opt);
+    if (needs_calibration(opt) && !have_calibration)
+        fail("router '{}' with {} weighting{} needs calibration text (none given)", router_kind_name(opt.kind),
+             weighting_name(opt.weighting), opt.fit_scale ? " and a fitted scale" : "");
+    return Model::load(dense);
+}
+
 RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, const std::vector<LayerCalib>& stats,
                        const RouterProgress& progress) {
     const ModelConfig& cfg = model.config();
     const int L = cfg.num_layers, E = plan.num_experts(), H = cfg.hidden_size, k = opt.top_k;
     const bool over_all = opt.combine == CombineRule::SoftmaxAll;
-    if (needs_calibration(opt) && stats.empty())
-        fail("router '{}' with {} weighting{} needs calibration text (none given)", router_kind_name(opt.kind),
-             weighting_name(opt.weighting), opt.fit_scale ? " and a fitted scale" : "");
     if (!stats.empty() && (int(stats.size()) != L || stats[0].E != E || stats[0].H != H))
         fail("calibration statistics are for {} layers of {} experts over {} inputs; the plan needs {} x {} over {}", stats.size(),
              stats[0].E, stats[0].H, L, E, H);
@@ -112,16 +122,10 @@ RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterO
 
 RouterBuild build_routers(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
                           const std::vector<TokenWindow>& calib, const RouterProgress& progress) {
-    const ModelConfig& cfg = dense.config;
-    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
-    check_options(cfg, plan, opt);
-    auto model = Model::load(dense);
+    auto model = load_checked(dense, plan, opt, !calib.empty());
     std::vector<LayerCalib> stats;
     const auto t0 = Clock::now();
     if (needs_calibration(opt)) {
-        if (calib.empty())
-            fail("router '{}' with {} weighting{} needs calibration text (none given)", router_kind_name(opt.kind),
-                 weighting_name(opt.weighting), opt.fit_scale ? " and a fitted scale" : "");
         stats = collect_calibration(*model, plan, calib, opt.calib, [&](size_t d, size_t t) {
             if (progress) progress("calibrate", double(d), double(t));
         });
@@ -134,10 +138,7 @@ RouterBuild build_routers(const Checkpoint& dense, const ExpertPlan& plan, const
 
 RouterBuild build_routers_from_stats(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
                                      const std::vector<LayerCalib>& stats, const RouterProgress& progress) {
-    const ModelConfig& cfg = dense.config;
-    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
-    check_options(cfg, plan, opt);
-    auto model = Model::load(dense);
+    auto model = load_checked(dense, plan, opt, !stats.empty());
     return build_from(*model, plan, opt, stats, progress);
 }
 

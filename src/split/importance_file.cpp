@@ -1,53 +1,19 @@
-// The importance file's reader and the names of its settings: kept apart from
-// the computation so that the reader (fuzzed, fuzz/fuzz_importance.cpp) links
-// without the model, backward pass and tokenizer.
+// The importance file (split/importance_file.h).
+#include "split/importance_file.h"
+
 #include <cmath>
-#include <map>
-#include <string>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "io/json.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
-#include "split/importance.h"
 
 namespace moefy {
 
-// ---- names -----------------------------------------------------------------------------
-
-ImportanceKind parse_importance_kind(const std::string& s) {
-    if (s == "feature_change") return ImportanceKind::FeatureChange;
-    if (s == "feature_grad") return ImportanceKind::FeatureGrad;
-    fail("importance kind '{}': expected feature_change or feature_grad", s);
-}
-ImportanceKernel parse_importance_kernel(const std::string& s) {
-    if (s == "l1" || s == "l1_norm") return ImportanceKernel::L1;
-    if (s == "l2" || s == "l2_norm") return ImportanceKernel::L2;
-    if (s == "plain") return ImportanceKernel::Plain;
-    fail("importance kernel '{}': expected l1, l2 or plain", s);
-}
-ImportanceLevel parse_importance_level(const std::string& s) {
-    if (s == "sample") return ImportanceLevel::Sample;
-    if (s == "total") return ImportanceLevel::Total;
-    fail("importance level '{}': expected sample or total", s);
-}
-ImportanceTarget parse_importance_target(const std::string& s) {
-    if (s == "up_proj" || s == "up") return ImportanceTarget::Up;
-    if (s == "gate_proj" || s == "gate") return ImportanceTarget::Gate;
-    fail("importance target '{}': expected up_proj or gate_proj", s);
-}
-const char* importance_kind_name(ImportanceKind k) { return k == ImportanceKind::FeatureChange ? "feature_change" : "feature_grad"; }
-const char* importance_kernel_name(ImportanceKernel k) {
-    switch (k) {
-        case ImportanceKernel::L1: return "l1";
-        case ImportanceKernel::L2: return "l2";
-        case ImportanceKernel::Plain: return "plain";
-    }
-    return "?";
-}
-const char* importance_level_name(ImportanceLevel l) { return l == ImportanceLevel::Sample ? "sample" : "total"; }
-const char* importance_target_name(ImportanceTarget t) { return t == ImportanceTarget::Up ? "up_proj" : "gate_proj"; }
+namespace fs = std::filesystem;
 
 std::string importance_tensor_name(int cluster, int layer, ImportanceTarget t) {
     return fmt::format("cluster.{}.layers.{}.mlp.{}", cluster, layer, importance_target_name(t));
@@ -58,6 +24,57 @@ constexpr const char* kFormat = "moefy-importance";
 constexpr int kVersion = 1;
 constexpr ImportanceTarget kTargets[] = {ImportanceTarget::Up, ImportanceTarget::Gate};
 }  // namespace
+
+void write_importance(const std::string& path, const ImportanceResult& r) {
+    const int K = int(r.clusters.size()), L = r.num_layers, I = r.intermediate_size;
+    std::vector<TensorSpec> specs;
+    std::vector<std::vector<float>> values;
+    nlohmann::json tokens = nlohmann::json::array(), windows = nlohmann::json::array();
+    for (int k = 0; k < K; ++k) {
+        const ImportanceSums& s = r.clusters[size_t(k)];
+        if (s.num_layers != L || s.intermediate_size != I)
+            fail("{}: cluster {} has sums of {} layers x {}, expected {} x {}", path, k, s.num_layers, s.intermediate_size, L, I);
+        tokens.push_back(s.tokens);
+        windows.push_back(s.windows);
+        for (int l = 0; l < L; ++l)
+            for (ImportanceTarget t : kTargets) {
+                specs.push_back({importance_tensor_name(k, l, t), DType::F32, {I}});
+                const std::vector<double> sc = s.scores(r.settings, t, l);
+                values.emplace_back(sc.begin(), sc.end());
+            }
+    }
+    const std::map<std::string, std::string> meta = {
+        {"format", kFormat},
+        {"version", std::to_string(kVersion)},
+        {"kind", importance_kind_name(r.settings.kind)},
+        {"kernel", importance_kernel_name(r.settings.kernel)},
+        {"level", importance_level_name(r.settings.level)},
+        {"ctx", std::to_string(r.ctx)},
+        {"max_tokens_per_cluster", std::to_string(r.max_tokens_per_cluster)},
+        {"clusters", std::to_string(K)},
+        {"num_layers", std::to_string(L)},
+        {"hidden_size", std::to_string(r.hidden_size)},
+        {"intermediate_size", std::to_string(I)},
+        {"ffn_fingerprint", r.ffn_fingerprint},
+        {"model", r.model},
+        {"data", r.data},
+        {"ranks", std::to_string(r.ranks)},
+        {"tokens", tokens.dump()},
+        {"windows", windows.dump()},
+        {"scores", "f64 sums / tokens, stored as F32"}};
+    check_output_path(path, OutputKind::File, true);
+    remove_stale_siblings(path);
+    const std::string tmp = temp_sibling(path);
+    try {
+        write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
+                          meta);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw;
+    }
+    commit_file(tmp, path);
+}
 
 namespace {
 
@@ -135,6 +152,37 @@ ImportanceFile read_importance(const std::string& path) {
                     if (!std::isfinite(tmp[i])) fail("{}: tensor {} holds a non-finite value at {}", path, name, i);
                 dst[size_t(l)][size_t(k)].assign(tmp.begin(), tmp.end());
             }
+    }
+    return f;
+}
+
+void check_importance_for(const ImportanceFile& f, const ModelConfig& cfg, const std::string& fingerprint) {
+    if (f.num_layers != cfg.num_layers || f.intermediate_size != cfg.intermediate_size || f.hidden_size != cfg.hidden_size)
+        fail("{}: computed for a model of {} layers, hidden {}, intermediate {}; this model has {}, {}, {}", f.path,
+             f.num_layers, f.hidden_size, f.intermediate_size, cfg.num_layers, cfg.hidden_size, cfg.intermediate_size);
+    if (f.ffn_fingerprint != fingerprint)
+        fail("{}: computed for another model (FFN fingerprint {}, this model's is {})", f.path, f.ffn_fingerprint,
+             fingerprint);
+}
+
+ImportanceFile importance_scores(const ImportanceResult& r, const std::string& where) {
+    ImportanceFile f;
+    f.path = where;
+    f.settings = r.settings;
+    f.clusters = int(r.clusters.size());
+    f.num_layers = r.num_layers;
+    f.hidden_size = r.hidden_size;
+    f.intermediate_size = r.intermediate_size;
+    f.ffn_fingerprint = r.ffn_fingerprint;
+    f.up.assign(size_t(r.num_layers), std::vector<std::vector<double>>(r.clusters.size()));
+    f.gate = f.up;
+    for (size_t k = 0; k < r.clusters.size(); ++k) {
+        const ImportanceSums& s = r.clusters[k];
+        f.tokens.push_back(s.tokens);
+        for (int l = 0; l < r.num_layers; ++l) {
+            f.up[size_t(l)][k] = s.scores(r.settings, ImportanceTarget::Up, l);
+            f.gate[size_t(l)][k] = s.scores(r.settings, ImportanceTarget::Gate, l);
+        }
     }
     return f;
 }

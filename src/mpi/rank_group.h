@@ -1,0 +1,51 @@
+#pragma once
+// The processes that share one data-parallel run (moefy importance under
+// mpirun), and MPI's lifetime. Library code only sums over a RankGroup; it
+// never aborts the processes or registers exit handlers: an error on one rank
+// is counted by every rank (count_failed) and returns as an ordinary
+// moefy::Error everywhere.
+#include <cstddef>
+#include <cstdint>
+
+namespace moefy {
+
+class RankGroup {
+public:
+    RankGroup() = default;  // one process, alone
+    // Rank `rank` of `size` whose sums are NOT reduced (sum() is a no-op): a
+    // test adds the ranks' results itself.
+    static RankGroup simulated(int rank, int size);
+    static bool built_with_mpi();
+
+    int rank() const { return rank_; }
+    int size() const { return size_; }
+    // Element-wise sum over the ranks, in place, every rank gets the result.
+    void sum(double* v, size_t n) const;
+    void sum(int64_t* v, size_t n) const;
+    // How many ranks pass failed = true; every rank must call it (it is a sum).
+    int64_t count_failed(bool failed) const;
+
+private:
+    friend class MpiSession;
+    int rank_ = 0, size_ = 1;
+    bool mpi_ = false;
+};
+
+// MPI for as long as this object lives: initialised when moefy is built with
+// MPI and the process was started by an MPI launcher (mpirun, mpiexec, srun),
+// finalised by the destructor. Otherwise group() is a single process.
+class MpiSession {
+public:
+    MpiSession();  // throws moefy::Error when MPI_Init fails
+    ~MpiSession();
+    MpiSession(const MpiSession&) = delete;
+    MpiSession& operator=(const MpiSession&) = delete;
+
+    const RankGroup& group() const { return group_; }
+
+private:
+    RankGroup group_;
+    bool initialised_ = false;  // by this session, so it finalises
+};
+
+}  // namespace moefy
