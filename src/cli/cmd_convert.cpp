@@ -117,6 +117,7 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         }
         const ExpertPlan plan = ExpertPlan::load(o->plan);
         plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o->plan);  // errors name the file
+        opt.plan_name = o->plan;
 
         std::vector<TokenWindow> calib;
         std::string calib_path;

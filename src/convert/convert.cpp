@@ -284,10 +284,16 @@ ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan
     if (cfg.is_moe())
         fail("{}: is already an MoE model ({}); convert takes a dense LLaMA-family model", dense.dir, model_kind_name(cfg.kind));
     check_output_path(out_dir, dense.dir, opt.force);
-    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), "expert plan");
+    plan.validate_for(cfg, ffn_fingerprint(*dense.tensors, cfg), opt.plan_name);
     const Context c = make_context(dense, plan, opt);
     const convert::Layout layout = pick_layout(c);
-    layout.check(c);
+    try {
+        layout.check(c);
+    } catch (const Error& e) {
+        // The layouts' width checks speak of "plan ..."; name the file.
+        if (std::string_view(e.what()).starts_with("plan")) fail("{}: {}", opt.plan_name, e.what());
+        throw;
+    }
     std::vector<OutTensor> outs = lay_out(c, layout);
 
     // Drop each source tensor's pages once its last reader is done.
@@ -421,7 +427,9 @@ ConvertReport convert_model_dir(const std::string& model_dir, const std::string&
     const ExpertPlan plan = ExpertPlan::load(plan_path);
     // Validated here too so that errors name the plan file.
     plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), plan_path);
-    return convert_checkpoint(dense, plan, out_dir, opt, progress);
+    ConvertOptions named = opt;
+    named.plan_name = plan_path;
+    return convert_checkpoint(dense, plan, out_dir, named, progress);
 }
 
 }  // namespace moefy

@@ -87,6 +87,8 @@ struct ConvertOptions {
     // How the routers were made (kind, weighting, calibration file and tokens, ...):
     // written to config.json under "moefy", next to the split method and seed.
     nlohmann::json provenance = nlohmann::json::object();
+    // How errors about the plan name it: its file when there is one.
+    std::string plan_name = "expert plan";
 
     GateKind gate_kind() const { return gate.value_or(default_gate(format)); }
 };

@@ -1,10 +1,15 @@
 #include "data/documents.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -15,8 +20,10 @@ static bool ends_with(const std::string& s, const std::string& suf) {
 }
 
 std::vector<std::string> read_documents(const std::string& path, const std::string& text_field) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail("{}: data path is a directory; give a .jsonl or text file", path);
     std::ifstream f(path, std::ios::binary);
-    if (!f) fail("{}: cannot open data file", path);
+    if (!f) fail("{}: cannot open data file: {}", path, std::strerror(errno));
     std::vector<std::string> docs;
     if (!ends_with(path, ".jsonl") && !ends_with(path, ".json")) {
         std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -32,6 +39,7 @@ std::vector<std::string> read_documents(const std::string& path, const std::stri
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         const std::string where = fmt::format("{}:{}", path, lineno);
         nlohmann::json j;
+        check_json_depth(line, where);
         try {
             j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::exception&) {
@@ -50,13 +58,38 @@ std::vector<std::string> read_documents(const std::string& path, const std::stri
     return docs;
 }
 
+// The first `need` tokens of `d`, tokenizing only as much of it as that takes:
+// a prefix cut at whitespace (and never inside a UTF-8 sequence), doubled until
+// it yields `need` tokens plus a margin. Tokenizers split on whitespace before
+// merging, so the tokens well before the cut are those of the whole document;
+// the margin covers the last pieces before the cut, which may differ.
+static std::vector<int32_t> encode_prefix(const Tokenizer& tok, const std::string& d, size_t need) {
+    constexpr size_t kMargin = 64;
+    size_t bytes = std::max<size_t>(size_t(1) << 14, (need + kMargin) * 8);
+    while (bytes < d.size()) {
+        size_t cut = d.find_last_of(" \t\r\n", bytes);
+        if (cut == std::string::npos || cut < bytes / 2) {
+            cut = bytes;
+            while (cut > 0 && (static_cast<unsigned char>(d[cut]) & 0xC0) == 0x80) --cut;  // start of a character
+        }
+        std::vector<int32_t> ids = tok.encode(d.substr(0, cut), false);
+        if (ids.size() >= need + kMargin) {
+            ids.resize(need);
+            return ids;
+        }
+        bytes *= 2;
+    }
+    return tok.encode(d, false);
+}
+
 std::vector<TokenWindow> make_windows(const std::vector<std::string>& docs, const Tokenizer& tok, const WindowOptions& opt) {
     if (opt.ctx < 2) fail("context length must be at least 2 tokens (got {})", opt.ctx);
     std::vector<TokenWindow> out;
     size_t predicted = 0;
     const int bos = tok.bos_id();
     for (const std::string& d : docs) {
-        std::vector<int32_t> ids = tok.encode(d, false);
+        // --max-tokens bounds the work too: only as much of a document is tokenized as the windows can take.
+        std::vector<int32_t> ids = opt.max_tokens ? encode_prefix(tok, d, opt.max_tokens - predicted + 1) : tok.encode(d, false);
         if (opt.add_bos && bos >= 0) ids.insert(ids.begin(), bos);
         const size_t step = size_t(opt.ctx) - 1;
         for (size_t s = 0; s + 1 < ids.size(); s += step) {

@@ -124,6 +124,7 @@ bool has_f16c() {
 }  // namespace
 
 void to_f32(DType t, const void* src, float* dst, size_t n) {
+    if (n == 0) return;  // an empty tensor's pointers may be null, which memcpy must not get
     switch (t) {
         case DType::F32: std::memcpy(dst, src, n * 4); return;
         case DType::BF16: bf16_run_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
@@ -140,6 +141,7 @@ void to_f32(DType t, const void* src, float* dst, size_t n) {
 }
 
 void from_f32(DType t, const float* src, void* dst, size_t n) {
+    if (n == 0) return;
     switch (t) {
         case DType::F32: std::memcpy(dst, src, n * 4); return;
         case DType::BF16: {

@@ -32,4 +32,18 @@ private:
     int fd_ = -1;
 };
 
+// A mapped file that shrinks while it is read (another process truncates a
+// checkpoint that convert is copying) makes the kernel send SIGBUS on the next
+// touch of a page past the new end. Design: every MappedFile registers its
+// address range in a fixed, lock-free table; this handler (installed once by
+// the CLI) finds the range holding the faulting address, writes one line
+// naming the file with write(2), and leaves with _exit(1). Nothing is
+// unwound: longjmp out of a copy loop through C++ frames (OpenMP workers,
+// locks, half-built vectors) would not be safe, and a fault is not something
+// to recover from. The temporary output the run was writing stays as
+// "OUT.tmp-<pid>", which the next run writing OUT removes (io/output_dir.h);
+// OUT itself is never touched. A SIGBUS at an address no mapping holds is
+// re-raised with the default action.
+void install_mapped_file_fault_handler();
+
 }  // namespace moefy

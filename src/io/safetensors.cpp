@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/warn.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 
 namespace moefy {
@@ -21,9 +23,10 @@ using nlohmann::json;
 
 int64_t TensorView::numel() const {
     int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    for (int64_t d : shape) n *= d;  // shape x dtype was checked against overflow on load
     return n;
 }
+
 
 static std::string shape_to_str(const std::vector<int64_t>& shape) {
     std::string s = "[";
@@ -33,27 +36,36 @@ static std::string shape_to_str(const std::vector<int64_t>& shape) {
 
 std::string TensorView::shape_str() const { return shape_to_str(shape); }
 
-size_t TensorSpec::nbytes() const {
-    size_t n = dtype_size(dtype);
-    for (int64_t d : shape) n *= size_t(d);
+uint64_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const std::string& where) {
+    uint64_t n = dtype_size(dtype);
+    for (int64_t d : shape) {
+        if (d < 0) fail("{}: shape has a negative dimension {}", where, d);
+        if (__builtin_mul_overflow(n, uint64_t(d), &n))
+            fail("{}: shape {} x {} does not fit in 64 bits (more than 2^64 bytes)", where, shape_to_str(shape), dtype_name(dtype));
+    }
+    if (n > uint64_t(INT64_MAX)) fail("{}: shape {} x {} needs {} bytes, more than 2^63", where, shape_to_str(shape), dtype_name(dtype), n);
     return n;
 }
+
+size_t TensorSpec::nbytes() const { return size_t(checked_nbytes(shape, dtype, "tensor '" + name + "'")); }
 
 // ---------------------------------------------------------------- reading
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
-    const uint8_t* p = map_.data();
-    const size_t size = map_.size();
+    tensors_ = parse_safetensors(map_.data(), map_.size(), path, &metadata_, &map_);
+}
+
+std::vector<TensorView> parse_safetensors(const uint8_t* p, size_t size, const std::string& path,
+                                          std::map<std::string, std::string>* metadata_out, const MappedFile* file) {
+    std::vector<TensorView> tensors_;
+    std::map<std::string, std::string> metadata_;
     if (size < 8) fail("{}: not a safetensors file (only {} bytes, no header length)", path, size);
     uint64_t hlen = 0;
     std::memcpy(&hlen, p, 8);  // little-endian hosts only (x86-64, aarch64)
+    // The format's own bound (the reference implementation refuses headers over 100 MB).
+    if (hlen > (uint64_t(100) << 20)) fail("{}: header length {} is over the 100 MB limit of the format", path, hlen);
     if (hlen > size - 8) fail("{}: header length {} runs past the end of the file ({} bytes): truncated or not safetensors", path, hlen, size);
-    json header;
-    try {
-        header = json::parse(p + 8, p + 8 + hlen);
-    } catch (const json::exception& e) {
-        fail("{}: header is not well-formed JSON: {}", path, e.what());
-    }
+    const json header = parse_json(std::string_view(reinterpret_cast<const char*>(p) + 8, size_t(hlen)), path + ": header");
     if (!header.is_object()) fail("{}: header is not a JSON object", path);
     const uint8_t* data = p + 8 + hlen;
     const size_t data_size = size - 8 - hlen;
@@ -86,13 +98,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
         if (b > e) fail("{}: data_offsets [{}, {}] are reversed", where, b, e);
         if (e > data_size)
             fail("{}: data_offsets [{}, {}] run past the data section ({} bytes): file truncated?", where, b, e, data_size);
-        size_t expect = dtype_size(v.dtype);
-        for (int64_t d : v.shape) expect *= size_t(d);
+        const uint64_t expect = checked_nbytes(v.shape, v.dtype, where);
         if (e - b != expect)
             fail("{}: {} bytes in data_offsets but shape {} x {} needs {}", where, e - b, v.shape_str(), dtype_name(v.dtype), expect);
         v.data = data + b;
         v.nbytes = size_t(e - b);
-        v.file = &map_;
+        v.file = file;
         tensors_.push_back(std::move(v));
     }
     std::sort(tensors_.begin(), tensors_.end(), [](const TensorView& a, const TensorView& b) { return a.data < b.data; });
@@ -101,6 +112,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
         const TensorView& b = tensors_[i];
         if (a.data + a.nbytes > b.data) fail("{}: tensors '{}' and '{}' overlap in the data section", path, a.name, b.name);
     }
+    if (metadata_out) *metadata_out = std::move(metadata_);
+    return tensors_;
 }
 
 std::unique_ptr<TensorStore> TensorStore::open_file(const std::string& path) {
@@ -131,12 +144,7 @@ std::unique_ptr<TensorStore> TensorStore::open_dir(const std::string& dir) {
     auto s = std::make_unique<TensorStore>();
     s->location_ = dir;
     if (fs::exists(index)) {
-        json j;
-        try {
-            j = json::parse(read_text_file(index.string()));
-        } catch (const json::exception& e) {
-            fail("{}: not well-formed JSON: {}", index.string(), e.what());
-        }
+        const json j = read_json_file(index.string());
         if (!j.contains("weight_map") || !j["weight_map"].is_object()) fail("{}: no weight_map object", index.string());
         std::vector<std::string> shards;
         for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
@@ -222,6 +230,29 @@ std::vector<float> TensorStore::read_f32(const std::string& name) const {
 
 void TensorStore::release(const TensorView& t) const {
     if (t.file) t.file->release(t.data, t.nbytes);
+}
+
+void warn_non_finite(const TensorStore& store) {
+    for (const auto& f : store.files())
+        for (const TensorView& t : f->tensors()) {
+            // An exponent of all ones is NaN or Inf in every float format.
+            size_t bad = 0, first = 0;
+            const size_t n = t.nbytes / dtype_size(t.dtype);
+            auto scan = [&](auto word, auto mask) {
+                using W = decltype(word);
+                for (size_t i = 0; i < n; ++i) {
+                    W v;
+                    std::memcpy(&v, t.data + i * sizeof(W), sizeof(W));
+                    if ((v & mask) == mask && bad++ == 0) first = i;
+                }
+            };
+            switch (t.dtype) {
+                case DType::F32: scan(uint32_t(0), uint32_t(0x7f800000u)); break;
+                case DType::BF16: scan(uint16_t(0), uint16_t(0x7f80u)); break;
+                case DType::F16: scan(uint16_t(0), uint16_t(0x7c00u)); break;
+            }
+            if (bad) warn("{}: tensor '{}' holds {} NaN/Inf value(s) (first at element {})", f->path(), t.name, bad, first);
+        }
 }
 
 // ---------------------------------------------------------------- writing

@@ -34,6 +34,13 @@ struct TensorView {
     std::string shape_str() const;                                   // "[768, 192]"
 };
 
+// Validates a whole safetensors file held in memory (what SafetensorsFile does
+// after mapping it): the views point into [p, p + size) and name `file`.
+// The entry point for fuzzing; throws naming `where`.
+std::vector<TensorView> parse_safetensors(const uint8_t* p, size_t size, const std::string& where,
+                                          std::map<std::string, std::string>* metadata = nullptr,
+                                          const MappedFile* file = nullptr);
+
 class SafetensorsFile {
 public:
     // Maps and validates: header length within the file, JSON well formed,
@@ -89,6 +96,14 @@ private:
     std::vector<TensorView> views_;        // from_views
     std::shared_ptr<const void> owner_;   // from_views
 };
+
+// Warns (common/warn.h), naming the file and tensor, for every tensor holding a
+// NaN or an infinity, with how many and the first index. Reads every byte.
+void warn_non_finite(const TensorStore& store);
+
+// Bytes of a tensor of `shape` x `dtype`; throws naming `where` when the product
+// overflows 64 bits or a dimension is negative (a shape must never wrap to a small size).
+uint64_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const std::string& where);
 
 // Receives the bytes of one tensor while it is written.
 class ByteSink {

@@ -2,9 +2,12 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "common/error.h"
+#include "common/warn.h"
 #include "io/gguf.h"
+#include "io/safetensors.h"
 #include "model/gguf_checkpoint.h"
 #include "model/tensor_names.h"
 
@@ -14,7 +17,28 @@ namespace {
 
 // Every tensor the architecture needs, with its shape, so that a checkpoint
 // that opens is one the engine and the converter can use.
-void check_tensors(const ModelConfig& c, const TensorStore& t) {
+// Records every name it is asked for, so that check_tensors can tell which tensors are extra.
+struct ExpectedTensors {
+    const TensorStore& store;
+    std::set<std::string> names;
+    const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) {
+        names.insert(name);
+        return store.get(name, shape);
+    }
+    const TensorView* find(const std::string& name) const { return store.find(name); }
+};
+
+// "model.layers.<n>." prefix: the layer number, else -1.
+long layer_of(const std::string& name) {
+    static const std::string pre = "model.layers.";
+    if (name.compare(0, pre.size(), pre) != 0) return -1;
+    size_t i = pre.size(), j = i;
+    while (j < name.size() && j - i < 9 && name[j] >= '0' && name[j] <= '9') ++j;
+    return j > i && j < name.size() && name[j] == '.' ? std::stol(name.substr(i, j - i)) : -1;
+}
+
+void check_tensors(const ModelConfig& c, const TensorStore& store, const std::string& dir) {
+    ExpectedTensors t{store, {}};
     const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim;
     const int64_t Q = int64_t(c.num_heads) * D, KV = int64_t(c.num_kv_heads) * D;
     t.get(names::embed(), {V, H});
@@ -89,6 +113,18 @@ void check_tensors(const ModelConfig& c, const TensorStore& t) {
             }
         }
     }
+    // Tensors the architecture does not name: a layer beyond num_hidden_layers means the
+    // config and the weights disagree (refused); anything else is copied through by
+    // convert, which the user should know about.
+    for (const std::string& n : store.names()) {
+        if (t.names.count(n)) continue;
+        const long l = layer_of(n);
+        if (l >= c.num_layers)
+            fail("{}: config.json says num_hidden_layers {} but the checkpoint holds tensor '{}' of layer {}", dir,
+                 c.num_layers, n, l);
+        warn("{}: tensor '{}' is not part of the {} architecture (convert copies it unchanged)", dir, n,
+             model_kind_name(c.kind));
+    }
 }
 
 }  // namespace
@@ -97,7 +133,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     namespace fs = std::filesystem;
     if (is_gguf_file(dir)) {
         Checkpoint ck = open_gguf_checkpoint(dir);
-        check_tensors(ck.config, *ck.tensors);
+        check_tensors(ck.config, *ck.tensors, dir);
+        warn_non_finite(*ck.tensors);
         return ck;
     }
     if (!fs::is_directory(dir)) fail("{}: model directory does not exist", dir);
@@ -107,7 +144,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     ck.dir = dir;
     ck.config = ModelConfig::load(cfg_path);
     ck.tensors = TensorStore::open_dir(dir);
-    check_tensors(ck.config, *ck.tensors);
+    check_tensors(ck.config, *ck.tensors, dir);
+    warn_non_finite(*ck.tensors);
     return ck;
 }
 

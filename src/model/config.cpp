@@ -1,7 +1,11 @@
 #include "model/config.h"
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
+
+#include <cmath>
+#include <cstdint>
 
 namespace moefy {
 
@@ -20,21 +24,37 @@ const char* model_kind_name(ModelKind k) {
 
 namespace {
 
+// Every size moefy reads from a config fits int with room for products in int64.
+constexpr int64_t kMaxSize = int64_t(1) << 30;
+
+int checked_product(int a, int b, const char* what, const std::string& where) {
+    const int64_t p = int64_t(a) * int64_t(b);
+    if (p > kMaxSize) fail("{}: {} = {} x {} is larger than {}", where, what, a, b, kMaxSize);
+    return int(p);
+}
+
 // Field readers that name the file and the field when something is wrong.
 struct Reader {
     const json& j;
     const std::string& where;
 
     bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
-    int get_int(const char* k) const {
+    // Integers are read whole (int64) and range-checked: 2^32 + 192 is refused, never read as 192.
+    int get_int(const char* k, int64_t lo = INT32_MIN, int64_t hi = INT32_MAX) const {
         if (!has(k)) fail("{}: missing field '{}'", where, k);
         if (!j[k].is_number_integer()) fail("{}: field '{}' must be an integer", where, k);
-        return j[k].get<int>();
+        return int(json_int(j[k], lo, hi, fmt::format("{}: field '{}'", where, k)));
     }
     int get_int(const char* k, int def) const { return has(k) ? get_int(k) : def; }
     int get_positive(const char* k) const {
-        int v = get_int(k);
-        if (v <= 0) fail("{}: field '{}' must be positive, got {}", where, k, v);
+        if (has(k) && j[k].is_number_integer() && json_int_in(j[k], INT64_MIN, 0))
+            fail("{}: field '{}' must be positive, got {}", where, k, j[k].dump());
+        return get_int(k, 1, kMaxSize);
+    }
+    // A finite number > 0 (epsilons, rope bases): 0, negatives, NaN and Inf are refused.
+    double get_positive_num(const char* k, double def) const {
+        const double v = get_num(k, def);
+        if (!(v > 0) || !std::isfinite(v)) fail("{}: field '{}' must be a finite number > 0, got {}", where, k, j[k].dump());
         return v;
     }
     double get_num(const char* k, double def) const {
@@ -62,7 +82,7 @@ struct Reader {
             if (!a[l].is_array() || int(a[l].size()) != n) fail("{}: '{}'[{}] must list {} widths", where, k, l, n);
             std::vector<int> row;
             for (const json& v : a[l]) {
-                if (!v.is_number_integer() || v.get<int>() <= 0) fail("{}: '{}'[{}] has a non-positive width", where, k, l);
+                if (!json_int_in(v, 1, kMaxSize)) fail("{}: '{}'[{}] has a width that is not an integer in [1, {}]", where, k, l, kMaxSize);
                 row.push_back(v.get<int>());
             }
             out.push_back(std::move(row));
@@ -134,12 +154,12 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
     if (!r.has("head_dim") && c.hidden_size % c.num_heads != 0)
         fail("{}: hidden_size {} is not a multiple of num_attention_heads {}", where, c.hidden_size, c.num_heads);
     c.max_position_embeddings = r.get_int("max_position_embeddings", 2048);
-    c.rms_norm_eps = r.get_num("rms_norm_eps", 1e-6);
-    c.rope_theta = r.get_num("rope_theta", 10000.0);
+    c.rms_norm_eps = r.get_positive_num("rms_norm_eps", 1e-6);
+    c.rope_theta = r.get_positive_num("rope_theta", 10000.0);
     c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
     c.bos_token_id = r.get_int("bos_token_id", 1);
     c.eos_token_id = j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty()
-                         ? j["eos_token_id"][0].get<int>()
+                         ? int(json_int(j["eos_token_id"][0], INT32_MIN, INT32_MAX, where + ": field 'eos_token_id'"))
                          : r.get_int("eos_token_id", 2);
     c.torch_dtype = r.get_str("torch_dtype", "");
     if (r.has("sliding_window")) c.sliding_window = r.get_positive("sliding_window");
@@ -198,7 +218,7 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
             m.num_experts = r.get_positive("num_local_experts");
             m.top_k = r.get_positive("num_experts_per_tok");
             int w = r.get_positive("intermediate_size");
-            c.intermediate_size = w * m.num_experts;
+            c.intermediate_size = checked_product(w, m.num_experts, "intermediate_size x num_local_experts", where);
             m.expert_widths.assign(size_t(L), std::vector<int>(size_t(m.num_experts), w));
             m.gate_network = "linear";
             m.softmax_over_all = true;
@@ -213,13 +233,14 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
             if (r.get_int("first_k_dense_replace", 0) != 0 || r.get_int("moe_layer_freq", 1) != 1)
                 fail("{}: deepseek models with dense layers (first_k_dense_replace/moe_layer_freq) are not supported", where);
             if (r.get_str("scoring_func", "softmax") != "softmax") fail("{}: scoring_func must be softmax", where);
-            c.intermediate_size = r.get_int("intermediate_size", w * m.num_experts);
+            c.intermediate_size = r.has("intermediate_size") ? r.get_positive("intermediate_size")
+                                                             : checked_product(w, m.num_experts, "moe_intermediate_size x n_routed_experts", where);
             m.expert_widths.assign(size_t(L), std::vector<int>(size_t(m.num_experts), w));
             // DeepSeek stores all shared experts as one MLP of width n_shared * w.
             const int n_shared = r.get_int("n_shared_experts", 0);
             if (n_shared > 0) {
                 m.num_shared = 1;
-                m.shared_widths.assign(size_t(L), std::vector<int>{w * n_shared});
+                m.shared_widths.assign(size_t(L), std::vector<int>{checked_product(w, n_shared, "moe_intermediate_size x n_shared_experts", where)});
             }
             m.gate_network = "linear";
             m.softmax_over_all = true;
@@ -235,13 +256,7 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
 }
 
 ModelConfig ModelConfig::load(const std::string& path) {
-    json j;
-    try {
-        j = json::parse(read_text_file(path));
-    } catch (const json::exception& e) {
-        fail("{}: not well-formed JSON: {}", path, e.what());
-    }
-    return parse(j, path);
+    return parse(read_json_file(path), path);
 }
 
 }  // namespace moefy

@@ -22,6 +22,8 @@ namespace {
 // cost most of the fit (packing, not arithmetic); below this width a direct
 // loop reads it once instead.
 constexpr int kSkinny = 32;
+// Fixed number of partial sums in gemm_tn, independent of the thread count.
+constexpr int kSumBlocks = 16;
 
 // C[M, N] = A[M, K] · B[N, K]ᵀ
 void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
@@ -47,14 +49,16 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
         return;
     }
-    // Per-thread partial sums added in thread order: the same result every run.
+    // Partial sums over a fixed split of K (not one per thread), added in block
+    // order: the same bits whatever OMP_NUM_THREADS is.
     const size_t MN = size_t(M) * N;
-    std::vector<float> parts(size_t(omp_get_max_threads()) * MN, 0.0f);
-#pragma omp parallel
-    {
-        float* part = parts.data() + size_t(omp_get_thread_num()) * MN;
-#pragma omp for schedule(static)
-        for (int k = 0; k < K; ++k) {
+    const int blocks = std::max(1, std::min(K, kSumBlocks));
+    std::vector<float> parts(size_t(blocks) * MN, 0.0f);
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; ++blk) {
+        float* part = parts.data() + size_t(blk) * MN;
+        const int k0 = int(int64_t(K) * blk / blocks), k1 = int(int64_t(K) * (blk + 1) / blocks);
+        for (int k = k0; k < k1; ++k) {
             const float* a = A + size_t(k) * M;
             const float* b = B + size_t(k) * N;
             for (int m = 0; m < M; ++m) {
@@ -122,9 +126,12 @@ FitData make_fit_data(const LayerCalib& c, const std::vector<float>& mass, const
 
 // Row-wise log-softmax cross-entropy; grad = (softmax(z) − p) / n. Returns the mean loss.
 double softmax_xent(const float* z, const float* p, int n, int E, float* grad) {
-    double loss = 0;
-#pragma omp parallel for schedule(static) reduction(+ : loss)
+    // Per-token losses summed in token order afterwards: an OpenMP reduction would
+    // add them in an order that depends on the thread count.
+    std::vector<double> token_loss(size_t(n), 0.0);
+#pragma omp parallel for schedule(static)
     for (int t = 0; t < n; ++t) {
+        double& loss = token_loss[size_t(t)];
         const float* zt = z + size_t(t) * E;
         const float* pt = p + size_t(t) * E;
         float* gt = grad + size_t(t) * E;
@@ -137,6 +144,8 @@ double softmax_xent(const float* z, const float* p, int n, int E, float* grad) {
             gt[e] = float((std::exp(zt[e] - lse) - pt[e]) / n);
         }
     }
+    double loss = 0;
+    for (double l : token_loss) loss += l;
     return loss / n;
 }
 

@@ -1,6 +1,8 @@
 #include "route/scale_fit.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common/error.h"
 #include "model/moe_ffn.h"
@@ -38,9 +40,17 @@ void route_topk(const float* logits, int N, int E, int k, Weighting weighting, i
 }
 
 ScaleTerms scale_terms(const LayerCalib& c, const int32_t* sel, const float* w, int k) {
-    double rr = 0, num = 0, den = 0;
-#pragma omp parallel for schedule(static) reduction(+ : rr, num, den)
-    for (int t = 0; t < c.N; ++t) {
+    // Sums over fixed chunks of tokens, added in chunk order: the same bits for any
+    // thread count (an OpenMP reduction's order depends on it).
+    constexpr int kChunk = 256;
+    const int chunks = (c.N + kChunk - 1) / kChunk;
+    std::vector<double> rr_c(size_t(chunks), 0.0), num_c(size_t(chunks), 0.0), den_c(size_t(chunks), 0.0);
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < chunks; ++ch)
+    for (int t = ch * kChunk; t < std::min(c.N, (ch + 1) * kChunk); ++t) {
+        double& rr = rr_c[size_t(ch)];
+        double& num = num_c[size_t(ch)];
+        double& den = den_c[size_t(ch)];
         const int32_t* st = sel + size_t(t) * k;
         const float* wt = w + size_t(t) * k;
         rr += c.rr[size_t(t)];
@@ -51,6 +61,8 @@ ScaleTerms scale_terms(const LayerCalib& c, const int32_t* sel, const float* w, 
                 if (st[i] >= 0) den += double(wt[j]) * wt[i] * c.g(t, st[j], st[i]);
         }
     }
+    double rr = 0, num = 0, den = 0;
+    for (int ch = 0; ch < chunks; ++ch) rr += rr_c[size_t(ch)], num += num_c[size_t(ch)], den += den_c[size_t(ch)];
     ScaleTerms s;
     s.rr = rr;
     s.num = num;

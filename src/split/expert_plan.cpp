@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/tensor_names.h"
@@ -78,6 +79,8 @@ static std::vector<std::vector<int32_t>> read_lists(const json& j, const std::st
         ids.reserve(j[e].size());
         for (const json& v : j[e]) {
             if (!v.is_number_integer()) fail("{}[{}]: neuron id is not an integer", where, e);
+            // Read whole: 2^32 + 5 must be refused as out of range, not read as neuron 5.
+            if (!json_int_in(v, 0, INT32_MAX)) fail("{}[{}]: neuron id {} is out of range", where, e, v.dump());
             ids.push_back(v.get<int32_t>());
         }
         out.push_back(std::move(ids));
@@ -88,14 +91,14 @@ static std::vector<std::vector<int32_t>> read_lists(const json& j, const std::st
 ExpertPlan ExpertPlan::from_json(const json& j, const std::string& where) {
     if (!j.is_object()) fail("{}: not a JSON object", where);
     if (j.value("format", "") != kFormat) fail("{}: not an expert plan (format is not '{}')", where, kFormat);
-    if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kVersion)
+    if (!j.contains("version") || !json_int_in(j["version"], kVersion, kVersion))
         fail("{}: unsupported plan version (this moefy reads version {})", where, kVersion);
     ExpertPlan p;
     try {
         const json& m = j.at("model");
-        p.num_layers = m.at("num_layers").get<int>();
-        p.hidden_size = m.at("hidden_size").get<int>();
-        p.intermediate_size = m.at("intermediate_size").get<int>();
+        for (auto [key, dst] : {std::pair{"num_layers", &p.num_layers}, std::pair{"hidden_size", &p.hidden_size},
+                                std::pair{"intermediate_size", &p.intermediate_size}})
+            *dst = int(json_int(m.at(key), 1, int64_t(1) << 30, fmt::format("{}: model.{}", where, key)));
         p.ffn_fingerprint = m.value("ffn_fingerprint", "");
         p.method = j.at("method").get<std::string>();
         p.params = j.value("params", json::object());
@@ -149,13 +152,7 @@ static std::string plan_text(const json& j) {
 void ExpertPlan::save(const std::string& path) const { write_file_atomic(path, plan_text(to_json())); }
 
 ExpertPlan ExpertPlan::load(const std::string& path) {
-    json j;
-    try {
-        j = json::parse(read_text_file(path));
-    } catch (const json::exception& e) {
-        fail("{}: not well-formed JSON: {}", path, e.what());
-    }
-    return from_json(j, path);
+    return from_json(read_json_file(path), path);
 }
 
 void ExpertPlan::validate(const std::string& where) const {
@@ -163,24 +160,53 @@ void ExpertPlan::validate(const std::string& where) const {
     if (int(layers.size()) != num_layers) fail("{}: plan has {} layers but says num_layers {}", where, layers.size(), num_layers);
     const size_t E = layers[0].experts.size(), R = layers[0].shared.size();
     if (E < 1) fail("{}: layer 0 has no routed experts", where);
-    std::vector<int32_t> stamp(size_t(intermediate_size), -1);
-    int32_t group = 0;
+    // Duplicates are found by sorting each list, not with a table of intermediate_size
+    // entries: the sizes come from the file and may ask for gigabytes.
+    std::vector<int32_t> sorted;
     for (size_t l = 0; l < layers.size(); ++l) {
         const LayerPlan& lp = layers[l];
         if (lp.experts.size() != E) fail("{}: layer {} has {} experts, layer 0 has {}", where, l, lp.experts.size(), E);
         if (lp.shared.size() != R) fail("{}: layer {} has {} shared experts, layer 0 has {}", where, l, lp.shared.size(), R);
         auto check = [&](const std::vector<int32_t>& ids, const char* kind, size_t e) {
             if (ids.empty()) fail("{}: layer {} {} expert {} is empty", where, l, kind, e);
-            ++group;
-            for (int32_t n : ids) {
+            for (int32_t n : ids)
                 if (n < 0 || n >= intermediate_size)
                     fail("{}: layer {} {} expert {} has neuron id {} outside [0, {})", where, l, kind, e, n, intermediate_size);
-                if (stamp[size_t(n)] == group) fail("{}: layer {} {} expert {} lists neuron {} twice", where, l, kind, e, n);
-                stamp[size_t(n)] = group;
-            }
+            sorted.assign(ids.begin(), ids.end());
+            std::sort(sorted.begin(), sorted.end());
+            for (size_t i = 1; i < sorted.size(); ++i)
+                if (sorted[i] == sorted[i - 1]) fail("{}: layer {} {} expert {} lists neuron {} twice", where, l, kind, e, sorted[i]);
         };
         for (size_t e = 0; e < lp.experts.size(); ++e) check(lp.experts[e], "routed", e);
         for (size_t e = 0; e < lp.shared.size(); ++e) check(lp.shared[e], "shared", e);
+    }
+    // Methods that partition: every neuron in exactly one expert.
+    if (method == "random" || method == "cluster" || method == "graph") {
+        std::vector<int> owner;
+        for (size_t l = 0; l < layers.size(); ++l) {
+            size_t listed = 0;
+            for (const auto* list : {&layers[l].experts, &layers[l].shared})
+                for (const auto& ids : *list) listed += ids.size();
+            if (listed < size_t(intermediate_size))
+                fail("{}: layer {} lists {} neuron ids for {} neurons, so some neuron is in no expert, but a '{}' plan "
+                     "partitions the neurons (each in exactly one expert)", where, l, listed, intermediate_size, method);
+            owner.assign(size_t(intermediate_size), -1);  // no larger than the ids the file lists
+            int e = 0;
+            for (const auto* list : {&layers[l].experts, &layers[l].shared})
+                for (const auto& ids : *list) {
+                    for (int32_t n : ids) {
+                        if (owner[size_t(n)] >= 0)
+                            fail("{}: layer {} has neuron {} in experts {} and {}, but a '{}' plan partitions the neurons "
+                                 "(each in exactly one expert)", where, l, n, owner[size_t(n)], e, method);
+                        owner[size_t(n)] = e;
+                    }
+                    ++e;
+                }
+            for (size_t n = 0; n < owner.size(); ++n)
+                if (owner[n] < 0)
+                    fail("{}: layer {} has neuron {} in no expert, but a '{}' plan partitions the neurons "
+                         "(each in exactly one expert)", where, l, n, method);
+        }
     }
 }
 
@@ -190,7 +216,10 @@ void ExpertPlan::validate_for(const ModelConfig& cfg, const std::string& fingerp
     if (num_layers != cfg.num_layers || hidden_size != cfg.hidden_size || intermediate_size != cfg.intermediate_size)
         fail("{}: plan was made for a model with {} layers, hidden {}, intermediate {}; this model has {}, {}, {}", where,
              num_layers, hidden_size, intermediate_size, cfg.num_layers, cfg.hidden_size, cfg.intermediate_size);
-    if (!ffn_fingerprint.empty() && !fingerprint.empty() && ffn_fingerprint != fingerprint)
+    if (ffn_fingerprint.empty() && !fingerprint.empty())
+        fail("{}: plan has no model.ffn_fingerprint, so it cannot be checked against this model (plans written by "
+             "moefy split carry one)", where);
+    if (!fingerprint.empty() && ffn_fingerprint != fingerprint)
         fail("{}: plan was made for another model (FFN fingerprint {} differs from this model's {})", where, ffn_fingerprint,
              fingerprint);
 }

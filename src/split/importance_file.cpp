@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 
@@ -24,15 +25,21 @@ constexpr int kVersion = 1;
 constexpr ImportanceTarget kTargets[] = {ImportanceTarget::Up, ImportanceTarget::Gate};
 }  // namespace
 
-// One F32 tensor per (cluster, layer, target), written beside `path` and renamed into place.
+// One F32 tensor per (cluster, layer, target), written to a temporary sibling of `path` and renamed into place.
 static void write_score_tensors(const std::string& path, const std::vector<TensorSpec>& specs,
                          const std::vector<std::vector<float>>& values, const std::map<std::string, std::string>& meta) {
-    const std::string tmp = path + ".tmp";
-    write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
-                      meta);
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
+    check_output_path(path, OutputKind::File, true);
+    remove_stale_siblings(path);
+    const std::string tmp = temp_sibling(path);
+    try {
+        write_safetensors(tmp, specs, [&](size_t i, ByteSink& sink) { sink.write(values[i].data(), values[i].size() * 4); },
+                          meta);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw;
+    }
+    commit_file(tmp, path);
 }
 
 void write_importance(const std::string& path, const ImportanceResult& r) {
@@ -150,7 +157,7 @@ ImportanceFile read_importance(const std::string& path) {
         fail("{}: importance file of {} clusters, {} layers, intermediate size {}", path, f.clusters, f.num_layers,
              f.intermediate_size);
     try {
-        f.tokens = nlohmann::json::parse(meta_field(m, "tokens", path)).get<std::vector<int64_t>>();
+        f.tokens = parse_json(meta_field(m, "tokens", path), path + ": metadata 'tokens'").get<std::vector<int64_t>>();
     } catch (const nlohmann::json::exception& e) {
         fail("{}: importance metadata 'tokens': {}", path, e.what());
     }

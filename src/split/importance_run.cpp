@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "data/documents.h"
 #include "io/output_dir.h"
 #include "model/checkpoint.h"
@@ -25,14 +26,9 @@ std::vector<std::string> cluster_files(const std::string& dir) {
     std::vector<std::string> files;
     const std::string summary = (fs::path(dir) / "summary.json").string();
     if (fs::exists(summary)) {
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(read_text_file(summary));
-        } catch (const nlohmann::json::exception& e) {
-            fail("{}: {}", summary, e.what());
-        }
-        if (!j.contains("clusters") || !j["clusters"].is_number_integer() || j["clusters"].get<int>() < 1)
-            fail("{}: no positive integer field 'clusters'", summary);
+        const nlohmann::json j = read_json_file(summary);
+        if (!j.is_object() || !j.contains("clusters") || !json_int_in(j["clusters"], 1, 1 << 20))
+            fail("{}: no field 'clusters' with a count in [1, {}]", summary, 1 << 20);
         const size_t K = j["clusters"].get<size_t>();
         for (size_t c = 0; c < K; ++c) {
             if (!fs::exists(file(c))) fail("{}: {} says {} clusters but {} is missing", dir, summary, K, file(c));

@@ -208,6 +208,10 @@ void load_bpe(BpeModel& bpe, const nlohmann::json& model, std::vector<std::pair<
         if (id < 0 || id > (1 << 30)) fail("{}: model.vocab[{:?}] = {} is out of range", path, tok, id);
         max_id = std::max(max_id, id);
     }
+    // The id table is as long as the largest id: a 100-byte file naming id 2^30 must not
+    // allocate 2^30 strings, so ids must be about as dense as the vocabulary listed.
+    if (max_id >= int64_t(2 * vocab.size() + 1024))
+        fail("{}: model.vocab ids reach {} but only {} tokens are listed (ids must be dense)", path, max_id, vocab.size());
     bpe.id_to_token.assign(static_cast<size_t>(max_id + 1), std::string());
     bpe.vocab.reserve(vocab.size() * 2);
     std::string scratch;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/tokenizer_json.h"
@@ -543,10 +544,11 @@ HfTokenizer::HfTokenizer(const std::string& path, const TokenizerSettings& setti
         const auto& added = j.value("added_tokens", json::array());
         added_.reserve(added.size());  // stable addresses for the matchers
         for (const auto& a : added) {
-            AddedToken t{a.at("id").get<int32_t>(), a.at("content").get<std::string>(), a.value("special", false),
+            AddedToken t{int32_t(json_int(a.at("id"), 0, 1 << 30, path + ": added_tokens id")), a.at("content").get<std::string>(), a.value("special", false),
                          a.value("lstrip", false),  a.value("rstrip", false),
                          a.value("single_word", false), a.value("normalized", false)};
-            if (t.id < 0 || t.id > (1 << 30)) fail("{}: added_tokens id {} out of range", path, t.id);
+            if (t.id < 0 || size_t(t.id) > pieces_.size() + added.size() + 1024)
+                fail("{}: added_tokens id {} is beyond the vocabulary ({} tokens + {} added)", path, t.id, pieces_.size(), added.size());
             check_utf8(t.content, path + ": added_tokens content");
             added_.push_back(std::move(t));
         }
@@ -602,7 +604,7 @@ void HfTokenizer::parse_post_processor(const json& j, const std::string& where) 
             const auto name = item.at("SpecialToken").at("id").get<std::string>();
             if (!specials.contains(name)) fail("{}: special token {:?} not in special_tokens", where, name);
             for (const auto& id : specials[name].at("ids")) {
-                const auto v = id.get<int32_t>();
+                const auto v = int32_t(json_int(id, 0, 1 << 30, where + ": ids"));
                 check_id(v);
                 (seen_seq ? suffix_ : prefix_).push_back(v);
             }

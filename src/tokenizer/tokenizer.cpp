@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "io/gguf.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 #include "tokenizer/gguf_vocab.h"
 #include "tokenizer/hf_tokenizer.h"
@@ -17,11 +18,7 @@ namespace fs = std::filesystem;
 namespace moefy {
 
 static nlohmann::json parse_json_file(const std::string& path) {
-    try {
-        return nlohmann::json::parse(read_text_file(path));
-    } catch (const nlohmann::json::exception& e) {
-        fail("{}: invalid JSON: {}", path, e.what());
-    }
+    return read_json_file(path);
 }
 
 // bos_token / eos_token are a string or, in older files, an AddedToken
@@ -47,8 +44,9 @@ static std::optional<bool> bool_field(const nlohmann::json& j, const char* key, 
 static std::optional<int32_t> id_field(const nlohmann::json& j, const char* key, const std::string& path) {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
     const auto& v = j[key];
-    if (v.is_number_integer()) return v.get<int32_t>();
-    if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int32_t>();
+    const std::string what = fmt::format("{}: {}", path, key);
+    if (v.is_number_integer()) return int32_t(json_int(v, 0, 1 << 30, what));
+    if (v.is_array() && !v.empty() && v[0].is_number_integer()) return int32_t(json_int(v[0], 0, 1 << 30, what));
     if (v.is_array() && v.empty()) return std::nullopt;
     fail("{}: {} is neither an integer nor a list of integers", path, key);
 }

@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer_json.h"
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 
 namespace moefy {
@@ -148,6 +149,7 @@ private:
 TokenizerJson read_tokenizer_json(const std::string& path) { return parse_tokenizer_json(read_text_file(path), path); }
 
 TokenizerJson parse_tokenizer_json(const std::string& text, const std::string& path) {
+    check_json_depth(text, path);
     TokenizerJson out;
     Sax sax(out, path);
     json::sax_parse(text, &sax);
