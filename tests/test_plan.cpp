@@ -81,17 +81,21 @@ TEST(Plan, ValidationRefusesBadPlans) {
     other.ffn_fingerprint = "fnv1a64:0000000000000000";
     expect_error(other, "another model");
     ExpertPlan sizes = good;
-    sizes.intermediate_size += 1;
+    sizes.hidden_size += 1;
     expect_error(sizes, "was made for a model");
     ExpertPlan empty = good;
     empty.layers[0].experts[3].clear();
     expect_error(empty, "empty");
-    // Overlapping and shared experts are representable; they are just not partitions.
+    // Overlapping and shared experts are representable, though not partitions: a
+    // method that shares (the gradient split) may write them, a partitioning one may not.
     ExpertPlan overlap = good;
     overlap.layers[0].experts[0].push_back(overlap.layers[0].experts[1][0]);
+    expect_error(overlap, "partitions the neurons");
+    overlap.method = "gradient";
     overlap.validate_for(ck.config, fp, "plan.json");
     EXPECT_FALSE(overlap.is_partition());
     ExpertPlan shared = good;
+    shared.method = "gradient";
     for (auto& l : shared.layers) l.shared.push_back({0, 1, 2});
     shared.validate_for(ck.config, fp, "plan.json");
     EXPECT_TRUE(shared.has_shared());

@@ -26,6 +26,8 @@ struct ExpectedTensors {
         return store.get(name, shape);
     }
     const TensorView* find(const std::string& name) const { return store.find(name); }
+    // Part of the layout when present, used by nothing moefy runs (e.g. llama-moe's training-time gate noise).
+    void optional(const std::string& name) { names.insert(name); }
 };
 
 // "model.layers.<n>." prefix: the layer number, else -1.
@@ -83,6 +85,7 @@ void check_tensors(const ModelConfig& c, const TensorStore& store, const std::st
                     t.get(names::llama_moe_residual_expert(l, "down", r), {H, w});
                 }
                 if (m.num_shared > 0) t.get(names::llama_moe_residual_gate(l), {m.num_shared, H});
+                t.optional(names::llama_moe_noise(l, pre));
                 break;
             }
             case ModelKind::Mixtral: {

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "model/llama.h"
 #include "split/expert_plan.h"
+#include "model/matmul.h"
 
 namespace moefy {
 
@@ -65,7 +66,9 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
         float* dst = hp.data() + size_t(t) * P;
         for (int p = 0; p < P; ++p) dst[p] = src[bl.ids[size_t(p)]];
     }
-    // y: [n, B, H] every block's output; d: [n, H] the dense output.
+    // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded:
+    // its results depend on its thread count, and these statistics must not.
+    BlasSingleThread one_thread;
     for (int j = 0; j < B; ++j)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, bl.width[size_t(j)], 1.0f, hp.data() + bl.off[size_t(j)], P,
                     wp.data() + bl.off[size_t(j)], P, 0.0f, y.data() + size_t(j) * H, B * H);

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "model/moe_ffn.h"
+#include "model/matmul.h"
 
 extern "C" void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,
                        int* info);
@@ -28,6 +29,7 @@ constexpr int kSumBlocks = 16;
 // C[M, N] = A[M, K] · B[N, K]ᵀ
 void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
     if (N > kSkinny) {
+        BlasSingleThread one_thread;  // OpenBLAS's results depend on its thread count; the fit's must not
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
         return;
     }
@@ -46,6 +48,7 @@ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
 // C[M, N] = A[K, M]ᵀ · B[K, N]
 void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
     if (M > kSkinny) {
+        BlasSingleThread one_thread;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
         return;
     }
@@ -210,6 +213,7 @@ void train(NormRouter& r, const FitData& d, const FitOptions& opt, FitReport& re
         rep.loss = loss;
         if (r.mlp()) {
             gemm_tn(g.data(), a.data(), g2.data(), E, E, n);   // gW2 = Dᵀ A
+            BlasSingleThread one_thread;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, E, 1.0f, g.data(), E, r.w2.data(), E, 0.0f, da.data(),
                         E);                                     // dA = D W2
             for (size_t i = 0; i < da.size(); ++i) da[i] *= 1.0f - a[i] * a[i];
