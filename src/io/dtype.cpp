@@ -1,5 +1,6 @@
 #include "io/dtype.h"
 
+#include <cpuid.h>
 #include <cmath>
 #include <cstring>
 
@@ -117,7 +118,10 @@ __attribute__((target("f16c,avx"))) void f16_run_to_f32_f16c(const uint16_t* s, 
 bool has_f16c() {
     static const bool yes = [] {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+        // F16C from cpuid leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c".
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+        return __builtin_cpu_supports("avx") && f16c;
     }();
     return yes;
 }
