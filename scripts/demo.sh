@@ -3,7 +3,8 @@
 # demo model. The main job is `moefy build`: co-activation split into 8 experts,
 # routers and scales fitted on calibration text, llama-moe checkpoint, dense vs MoE
 # perplexity on held-out text, and an HTML report. Then the single steps: inspect,
-# split (random, clustering), convert to llama-moe and mixtral, inspect, eval, generate.
+# split (random, clustering), convert to llama-moe and mixtral, inspect, eval; the
+# clustering split as one GGUF file (llama.cpp's format), inspected and evaluated; generate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -23,4 +24,7 @@ build/moefy inspect "$OUT/moe-llama-moe"
 build/moefy inspect "$OUT/moe-mixtral"
 build/moefy eval --model $M --data data/eval.jsonl --max-tokens 20000
 build/moefy eval --model "$OUT/moe-mixtral" --data data/eval.jsonl --max-tokens 20000
+build/moefy convert --model $M --plan "$OUT/plan-cluster.json" --format gguf --top-k 2 --force --out "$OUT/moe.gguf"
+build/moefy inspect "$OUT/moe.gguf"
+build/moefy eval --model "$OUT/moe.gguf" --data data/eval.jsonl --max-tokens 20000
 build/moefy generate --model $M --prompt "Once upon a time" -n 48
