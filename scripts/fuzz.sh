@@ -5,6 +5,7 @@
 # A finding (crash, leak, > 1 s per input, > 2 GiB) stops the target, leaves
 # crash-*/leak-*/timeout-*/oom-* in build-fuzz/findings/<target>/ and fails.
 # Long runs: FUZZ_NICE=19 scripts/fuzz.sh 3600 safetensors (one job, one worker each).
+# The seed is fixed (FUZZ_SEED, default 1) so that a CI run can be repeated; set another for new ground.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-20}"; shift || true
@@ -19,7 +20,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$findings"
   log="build-fuzz/findings/$t.log"
   if ! ${FUZZ_NICE:+nice -n "$FUZZ_NICE"} "build-fuzz/fuzz/fuzz_$t" "$corpus" "build-fuzz/seeds/$t" \
-        -max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-5}" -rss_limit_mb=2048 -malloc_limit_mb=2048 -max_len=65536 \
+        -max_total_time="$secs" -seed="${FUZZ_SEED:-1}" -timeout="${FUZZ_TIMEOUT:-5}" -rss_limit_mb=2048 -malloc_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1; then
     echo "fuzz_$t: FINDING (see $log and $findings/)"; tail -30 "$log"; status=1
   else
