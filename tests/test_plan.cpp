@@ -103,6 +103,18 @@ TEST(Plan, ValidationRefusesBadPlans) {
     EXPECT_EQ(ExpertPlan::load(dir.path + "/s.json").layers[1].shared, shared.layers[1].shared);
 }
 
+// Found by fuzz_plan: a "format" that is not a string must be a plan error, not a json::type_error.
+TEST(Plan, FormatOfAnotherTypeIsNotAPlan) {
+    for (const char* text : {R"({"format": {}, "version": 1})", R"({"format": 7, "version": 1})", R"({"version": 1})"}) {
+        try {
+            ExpertPlan::from_json(nlohmann::json::parse(text), "plan.json");
+            ADD_FAILURE() << "accepted: " << text;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("not an expert plan"), std::string::npos) << e.what();
+        }
+    }
+}
+
 TEST(Plan, ExpertCountChecks) {
     EXPECT_THROW(check_expert_count(1, 100), Error);
     EXPECT_THROW(check_expert_count(101, 100), Error);

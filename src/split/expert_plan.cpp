@@ -90,9 +90,8 @@ static std::vector<std::vector<int32_t>> read_lists(const json& j, const std::st
 
 ExpertPlan ExpertPlan::from_json(const json& j, const std::string& where) {
     if (!j.is_object()) fail("{}: not a JSON object", where);
-    const auto format = j.find("format");
-    if (format == j.end() || !format->is_string() || format->get<std::string>() != kFormat)
-        fail("{}: not an expert plan (format is not '{}')", where, kFormat);
+    // Compared as json, so a format of another type is "not a plan" rather than an escaped type_error.
+    if (j.value("format", json()) != kFormat) fail("{}: not an expert plan (format is not '{}')", where, kFormat);
     if (!j.contains("version") || !json_int_in(j["version"], kVersion, kVersion))
         fail("{}: unsupported plan version (this moefy reads version {})", where, kVersion);
     ExpertPlan p;
