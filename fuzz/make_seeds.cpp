@@ -10,7 +10,13 @@
 
 #include <cstring>
 
+#include "io/dtype.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
+#include "io/zip_reader.h"
+#include "model/gguf_checkpoint.h"
+#include "tokenizer/gguf_vocab.h"
+#include "tokenizer/tokenizer.h"
 #include "split/expert_plan.h"
 #include "split/importance_file.h"
 
@@ -90,6 +96,69 @@ static json metaspace_tokenizer() {
                                                                          {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
                                                                          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
             {"model", {{"type", "BPE"}, {"byte_fallback", true}, {"fuse_unk", true}, {"unk_token", "<unk>"}, {"vocab", vocab}, {"merges", merges}}}};
+}
+
+// A tiny GGUF model of llama.cpp's layout (H 32, 2 heads of 16, 1 KV head,
+// vocabulary 16, one layer, FFN/expert width 32): `experts` 0 is dense llama,
+// otherwise mixtral-style (llama + expert_count) or, with `shared`, deepseek.
+// 2-D tensors in `type`, norms in f32; metadata `extra` appended (the tokenizer).
+static void write_tiny_gguf(const fs::path& path, GgmlType type, int experts, int shared, std::vector<GgufKV> extra = {}) {
+    const int64_t H = 32, heads = 2, D = 16, kv_heads = 1, V = 16, W = 32, E = experts;
+    const std::string arch = shared ? "deepseek" : "llama", p = arch + ".";
+    std::vector<GgufKV> kv = {{"general.architecture", GgufValue::str(arch)},
+                              {p + "embedding_length", GgufValue::u32(H)},
+                              {p + "block_count", GgufValue::u32(1)},
+                              {p + "attention.head_count", GgufValue::u32(heads)},
+                              {p + "attention.head_count_kv", GgufValue::u32(kv_heads)},
+                              {p + "attention.layer_norm_rms_epsilon", GgufValue::f32(1e-5f)},
+                              {p + "context_length", GgufValue::u32(64)},
+                              {p + "feed_forward_length", GgufValue::u32(W)}};
+    if (E) {
+        kv.push_back({p + "expert_count", GgufValue::u32(uint32_t(E))});
+        kv.push_back({p + "expert_used_count", GgufValue::u32(1)});
+    }
+    if (shared) {
+        kv.push_back({p + "leading_dense_block_count", GgufValue::u32(0)});
+        kv.push_back({p + "expert_feed_forward_length", GgufValue::u32(W)});
+        kv.push_back({p + "expert_shared_count", GgufValue::u32(uint32_t(shared))});
+    }
+    for (auto& e : extra) kv.push_back(std::move(e));
+    std::vector<GgufTensorSpec> specs = {{"token_embd.weight", type, {H, V}}, {"output_norm.weight", GgmlType::F32, {H}},
+                                         {"output.weight", type, {H, V}},    {"blk.0.attn_norm.weight", GgmlType::F32, {H}},
+                                         {"blk.0.ffn_norm.weight", GgmlType::F32, {H}}, {"blk.0.attn_q.weight", type, {H, heads * D}},
+                                         {"blk.0.attn_k.weight", type, {H, kv_heads * D}}, {"blk.0.attn_v.weight", type, {H, kv_heads * D}},
+                                         {"blk.0.attn_output.weight", type, {heads * D, H}}};
+    if (!E) {
+        for (const char* n : {"blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"}) specs.push_back({n, type, {H, W}});
+        specs.push_back({"blk.0.ffn_down.weight", type, {W, H}});
+    } else {
+        specs.push_back({"blk.0.ffn_gate_inp.weight", GgmlType::F32, {H, E}});
+        for (const char* n : {"blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"}) specs.push_back({n, type, {H, W, E}});
+        specs.push_back({"blk.0.ffn_down_exps.weight", type, {W, H, E}});
+        if (shared) {
+            for (const char* n : {"blk.0.ffn_gate_shexp.weight", "blk.0.ffn_up_shexp.weight"}) specs.push_back({n, type, {H, W * shared}});
+            specs.push_back({"blk.0.ffn_down_shexp.weight", type, {W * shared, H}});
+        }
+    }
+    write_gguf(path.string(), kv, specs, [&](size_t i, ByteSink& sink) {
+        const GgufTensorSpec& t = specs[i];
+        int64_t n = 1;
+        for (int64_t d : t.ne) n *= d;
+        std::vector<float> f(static_cast<size_t>(n));
+        for (int64_t k = 0; k < n; ++k) f[size_t(k)] = float((k * 7 + int64_t(i) * 3) % 19 - 9) / 64.0f;
+        if (t.type == GgmlType::Q8_0) {
+            Q8Sink q(sink, t.name);
+            q.write(f.data(), f.size() * 4);
+            q.finish();
+        } else if (t.type == GgmlType::F32) {
+            sink.write(f.data(), f.size() * 4);
+        } else {
+            std::vector<uint16_t> h(f.size());
+            from_f32(t.type == GgmlType::BF16 ? DType::BF16 : DType::F16, f.data(), h.data(), f.size());
+            sink.write(h.data(), h.size() * 2);
+        }
+    }, true);
+    (void)open_gguf_checkpoint(path.string());  // the seed is a loadable model
 }
 
 int main(int argc, char** argv) {
@@ -199,6 +268,45 @@ int main(int argc, char** argv) {
         put(out / "documents/plain.txt", "A plain text document.\nWith two lines.\n");
         const std::string calib = slurp(src / "data/calib.jsonl");
         put(out / "documents/calib-head.jsonl", calib.substr(0, calib.find('\n', 2000) + 1));
+        // GGUF: dense f32, mixtral bf16, deepseek q8_0 with a shared expert; tokenizers
+        // (the BPE tokenizer.json embedded, stories260K's SentencePiece as llama keys) in tensor-less files.
+        fs::create_directories(out / "gguf");
+        write_tiny_gguf(out / "gguf/dense-f32.gguf", GgmlType::F32, 0, 0);
+        write_tiny_gguf(out / "gguf/mixtral-bf16.gguf", GgmlType::BF16, 2, 0);
+        write_tiny_gguf(out / "gguf/deepseek-q8.gguf", GgmlType::Q8_0, 2, 1);
+        write_tiny_gguf(out / "gguf/dense-f16.gguf", GgmlType::F16, 0, 0);
+        {
+            const fs::path tdir = out / "_tok";
+            fs::create_directories(tdir);
+            put(tdir / "tokenizer.json", bpe_tokenizer().dump());
+            std::vector<GgufKV> kv = {{"general.architecture", GgufValue::str("llama")}};
+            (void)append_gguf_tokenizer(tdir.string(), 300, kv);
+            write_gguf((out / "gguf/bpe-tokenizer.gguf").string(), kv, {}, [](size_t, ByteSink&) {}, true);
+            (void)load_gguf_tokenizer(open_gguf((out / "gguf/bpe-tokenizer.gguf").string()));
+            if (fs::exists(shared / "stories260K/tokenizer.model")) {
+                fs::remove(tdir / "tokenizer.json");
+                copy_if(shared / "stories260K/tokenizer.model", tdir / "tokenizer.model");
+                std::vector<GgufKV> sp = {{"general.architecture", GgufValue::str("llama")}};
+                (void)append_gguf_tokenizer(tdir.string(), 512, sp);
+                write_gguf((out / "gguf/sp-tokenizer.gguf").string(), sp, {}, [](size_t, ByteSink&) {}, true);
+                (void)load_gguf_tokenizer(open_gguf((out / "gguf/sp-tokenizer.gguf").string()));
+            }
+            fs::remove_all(tdir);
+        }
+        // pickle: first byte 0 -> the data.pkl of LLaMA-MoE's torch.save files, 1 -> the whole files.
+        for (const char* f : {"tinyllama-demo-8Expert-Split-Random/layers.0.mlp.up_proj.weight",
+                              "Gradients12/tinyllama-demo-Gradients-l1_norm-sample-feature_change/0/layers.0.mlp.up_proj.weight.change"}) {
+            const fs::path from = src / "tests/data/llama_moe" / f;
+            if (!fs::exists(from)) continue;
+            const std::string bytes = slurp(from), stem = from.filename().string();
+            put(out / "pickle" / (stem + ".zip"), std::string("\x01", 1) + bytes);
+            const ZipArchive z = ZipArchive::from_memory(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), from.string());
+            for (const ZipEntry& e : z.entries())
+                if (e.name.size() >= 8 && e.name.compare(e.name.size() - 8, 8, "data.pkl") == 0) {
+                    const auto b = z.bytes(e);
+                    put(out / "pickle" / (stem + ".pkl"), std::string("\x00", 1) + std::string(b.begin(), b.end()));
+                }
+        }
     } catch (const std::exception& e) {
         std::cerr << "make_seeds: " << e.what() << "\n";
         return 1;

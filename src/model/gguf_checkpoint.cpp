@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "io/gguf.h"
+#include "io/json.h"
 #include "model/tensor_names.h"
 
 namespace moefy {
@@ -164,7 +165,7 @@ Checkpoint open_gguf_checkpoint(const std::string& path) {
         // llama3 frequency factors: moefy records the HF parameters they came from.
         if (!g.find("moefy.rope_scaling"))
             fail("{}: rope_freqs.weight (LLaMA-3 RoPE scaling) is supported only in files moefy wrote (moefy.rope_scaling)", path);
-        c["rope_scaling"] = json::parse(g.get_str("moefy.rope_scaling"));
+        c["rope_scaling"] = parse_json(g.get_str("moefy.rope_scaling"), path + ": moefy.rope_scaling");
     }
     const int64_t E = g.get_int(p + "expert_count", 0);
     const int64_t n_ff = g.get_int(p + "feed_forward_length", 0);
@@ -205,7 +206,10 @@ Checkpoint open_gguf_checkpoint(const std::string& path) {
         c["scoring_func"] = "softmax";
     }
     json info = {{"architecture", arch}, {"file_type", g.get_int("general.file_type", -1)}, {"version", g.version()}};
-    if (g.find("moefy.plan")) info["plan"] = json::parse(g.get_str("moefy.plan"));
+    if (g.find("moefy.plan")) {
+        info["plan"] = parse_json(g.get_str("moefy.plan"), path + ": moefy.plan");
+        if (!info["plan"].is_object()) fail("{}: moefy.plan is not a JSON object", path);
+    }
     c["gguf"] = info;
 
     ViewBuilder vb(*owner);
