@@ -210,3 +210,28 @@ TEST(Dtype, ConversionsRoundTripAndRound) {
         }
     }
 }
+
+// fuzz_safetensors finding: the format does not align tensors (an odd header
+// length or odd data_offsets put 2-byte elements at odd addresses); reading
+// them must not rely on alignment (UBSan reported the misaligned uint16 load).
+TEST(Safetensors, TensorsAtOddAddressesReadCorrectly) {
+    std::string header = R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[1,5]},)"
+                         R"("h":{"dtype":"F16","shape":[9],"data_offsets":[5,23]}})";
+    if (header.size() % 2) header += ' ';  // even: the data section starts at an even offset, the tensors one past it
+    std::string file(8, '\0');
+    const uint64_t hlen = header.size();
+    std::memcpy(file.data(), &hlen, 8);
+    file += header;
+    file += '\x7f';                               // one byte the tensors do not use
+    file += std::string("\x80\x3f\x00\xc0", 4);   // bf16 1.0, -2.0
+    for (int i = 0; i < 9; ++i) file += std::string("\x00\x3c", 2);  // f16 1.0 x 9 (past the 8-wide vector step)
+    ASSERT_EQ(uintptr_t(file.data() + 8 + hlen + 1) % 2, 1u) << "the test needs an odd address";
+    const auto tensors = parse_safetensors(reinterpret_cast<const uint8_t*>(file.data()), file.size(), "odd.safetensors");
+    ASSERT_EQ(tensors.size(), 2u);
+    for (const auto& t : tensors) {
+        std::vector<float> v(size_t(t.numel()));
+        to_f32(t.dtype, t.data, v.data(), v.size());
+        if (t.name == "b") EXPECT_EQ(v, (std::vector<float>{1.0f, -2.0f}));
+        else EXPECT_EQ(v, std::vector<float>(9, 1.0f));
+    }
+}

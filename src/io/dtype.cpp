@@ -101,19 +101,27 @@ uint16_t f32_to_f16(float f) {
 // The one BF16/F16 -> f32 conversion of moefy (the engine's products convert
 // weight blocks with it too). Cloned for AVX-512 and AVX2 and picked at load
 // time by the CPU, so it is vectorised without -march=native.
+// Sources are read with memcpy: safetensors does not align tensors (a header of
+// odd length puts every tensor at an odd address), so a 2-byte element may sit
+// anywhere; memcpy compiles to the same loads and is defined for any address.
 namespace {
+inline uint16_t load_u16(const uint8_t* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void bf16_run_to_f32(const uint16_t* s, float* d, size_t n) {
+void bf16_run_to_f32(const uint8_t* s, float* d, size_t n) {
     for (size_t i = 0; i < n; ++i) {
-        const uint32_t u = uint32_t(s[i]) << 16;
+        const uint32_t u = uint32_t(load_u16(s + 2 * i)) << 16;
         std::memcpy(&d[i], &u, 4);
     }
 }
-__attribute__((target("f16c,avx"))) void f16_run_to_f32_f16c(const uint16_t* s, float* d, size_t n) {
+__attribute__((target("f16c,avx"))) void f16_run_to_f32_f16c(const uint8_t* s, float* d, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-    for (; i < n; ++i) d[i] = f16_to_f32(s[i]);
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 2 * i))));
+    for (; i < n; ++i) d[i] = f16_to_f32(load_u16(s + 2 * i));
 }
 bool has_f16c() {
     static const bool yes = [] {
@@ -131,14 +139,14 @@ void to_f32(DType t, const void* src, float* dst, size_t n) {
     if (n == 0) return;  // an empty tensor's pointers may be null, which memcpy must not get
     switch (t) {
         case DType::F32: std::memcpy(dst, src, n * 4); return;
-        case DType::BF16: bf16_run_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
+        case DType::BF16: bf16_run_to_f32(static_cast<const uint8_t*>(src), dst, n); return;
         case DType::F16: {
-            const uint16_t* s = static_cast<const uint16_t*>(src);
+            const uint8_t* s = static_cast<const uint8_t*>(src);
             if (has_f16c()) {
                 f16_run_to_f32_f16c(s, dst, n);
                 return;
             }
-            for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+            for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_u16(s + 2 * i));
             return;
         }
     }
