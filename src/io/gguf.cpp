@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "io/dtype.h"
+#include "io/file_sink.h"
 
 namespace moefy {
 
@@ -475,80 +476,6 @@ void Q8Sink::finish() {
 
 namespace {
 
-// Buffered file output with kernel copies (copy_file_range) for byte ranges of
-// another file, as the safetensors writer does.
-class GgufFileSink : public ByteSink {
-public:
-    explicit GgufFileSink(const std::string& path) : path_(path) {
-        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd_ < 0) fail("{}: cannot create: {}", path, std::strerror(errno));
-    }
-    ~GgufFileSink() override {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    void write(const void* data, size_t n) override {
-        const uint8_t* p = static_cast<const uint8_t*>(data);
-        written_ += n;
-        if (buf_.size() + n < kBuf) {
-            buf_.insert(buf_.end(), p, p + n);
-            return;
-        }
-        flush();
-        while (n >= kBuf) {
-            raw(p, kBuf);
-            p += kBuf, n -= kBuf;
-        }
-        buf_.insert(buf_.end(), p, p + n);
-    }
-    bool copy_range(int src_fd, uint64_t offset, size_t n) override {
-        if (!kernel_copy_) return false;
-        flush();
-        auto off = loff_t(offset);
-        size_t left = n;
-        while (left > 0) {
-            const ssize_t c = ::copy_file_range(src_fd, &off, fd_, nullptr, left, 0);
-            if (c < 0 && errno == EINTR) continue;
-            if (c <= 0) {
-                if (left == n && (c == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-                    kernel_copy_ = false;
-                    return false;
-                }
-                fail("{}: copy_file_range failed: {}", path_, c == 0 ? "source ended early" : std::strerror(errno));
-            }
-            left -= size_t(c);
-        }
-        written_ += n;
-        return true;
-    }
-    void flush() {
-        if (!buf_.empty()) raw(buf_.data(), buf_.size());
-        buf_.clear();
-    }
-    void close() {
-        flush();
-        if (::close(fd_) != 0) fail("{}: close failed: {}", path_, std::strerror(errno));
-        fd_ = -1;
-    }
-    size_t written() const { return written_; }
-
-private:
-    void raw(const uint8_t* p, size_t n) {
-        while (n > 0) {
-            const ssize_t w = ::write(fd_, p, n);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                fail("{}: write failed: {}", path_, std::strerror(errno));
-            }
-            p += w, n -= size_t(w);
-        }
-    }
-    static constexpr size_t kBuf = size_t(64) << 10;
-    std::string path_;
-    int fd_ = -1;
-    std::vector<uint8_t> buf_;
-    size_t written_ = 0;
-    bool kernel_copy_ = true;
-};
 
 struct HeaderWriter {
     std::string out;
@@ -648,7 +575,7 @@ void write_gguf(const std::string& path, const std::vector<GgufKV>& kv, const st
         }
     } cleanup{tmp};
     {
-        GgufFileSink sink(tmp);
+        FileSink sink(tmp);
         sink.write(h.out.data(), h.out.size());
         static const uint8_t zeros[256] = {};
         size_t pos = 0;  // within the data section

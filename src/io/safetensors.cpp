@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/warn.h"
+#include "io/file_sink.h"
 #include "io/json.h"
 #include "io/output_dir.h"
 
@@ -259,93 +260,6 @@ void warn_non_finite(const TensorStore& store) {
 
 namespace {
 
-class FileSink : public ByteSink {
-public:
-    FileSink(const std::string& path) : path_(path) {
-        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd_ < 0) fail("{}: cannot create: {}", path, std::strerror(errno));
-        buf_.reserve(kBuf);
-    }
-    ~FileSink() override {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    // Every write() to the file starts at a multiple of kBuf: unaligned page-cache
-    // writes get small folios and cost ~1.6x more kernel time per byte. The buffer
-    // is topped up to the next boundary of the file; whole pieces go straight from
-    // `data`.
-    void write(const void* data, size_t n) override {
-        written_ += n;
-        const uint8_t* p = static_cast<const uint8_t*>(data);
-        const size_t to_boundary = kBuf - (file_off_ + buf_.size()) % kBuf;
-        if (!buf_.empty() || to_boundary != kBuf || n < kBuf) {
-            const size_t take = std::min(n, to_boundary);
-            buf_.insert(buf_.end(), p, p + take);
-            p += take;
-            n -= take;
-            if (take < to_boundary) return;
-            flush();
-        }
-        const size_t whole = n / kBuf * kBuf;
-        raw_write(p, whole);
-        buf_.insert(buf_.end(), p + whole, p + n);
-    }
-    bool copy_range(int src_fd, uint64_t offset, size_t n) override {
-        if (!kernel_copy_ok_) return false;
-        flush();
-        auto off = loff_t(offset);
-        size_t left = n;
-        while (left > 0) {
-            const ssize_t c = ::copy_file_range(src_fd, &off, fd_, nullptr, left, 0);
-            if (c < 0 && errno == EINTR) continue;
-            if (c <= 0) {
-                // Not supported between these files: fall back, unless part is written.
-                if (left == n && (c == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-                    kernel_copy_ok_ = false;
-                    return false;
-                }
-                fail("{}: copy_file_range failed: {}", path_, c == 0 ? "source ended early" : std::strerror(errno));
-            }
-            left -= size_t(c);
-        }
-        file_off_ += n;
-        written_ += n;
-        return true;
-    }
-    void flush() {
-        if (!buf_.empty()) raw_write(buf_.data(), buf_.size());
-        buf_.clear();
-    }
-    void close() {
-        flush();
-        if (::close(fd_) != 0) fail("{}: close failed: {}", path_, std::strerror(errno));
-        fd_ = -1;
-    }
-    size_t written() const { return written_; }
-
-private:
-    void raw_write(const uint8_t* p, size_t n) {
-        while (n > 0) {
-            ssize_t w = ::write(fd_, p, std::min<size_t>(n, kBuf));
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                fail("{}: write failed: {}", path_, std::strerror(errno));
-            }
-            p += w;
-            n -= size_t(w);
-            file_off_ += size_t(w);
-        }
-    }
-    // Page-cache writes are fastest in small aligned pieces: measured on the 2-core
-    // build machine, 64 KiB write()s copy ~2.5x faster than 4 MiB ones (the source
-    // stays in cache); large writes are split.
-    static constexpr size_t kBuf = size_t(64) << 10;
-    std::string path_;
-    int fd_ = -1;
-    std::vector<uint8_t> buf_;
-    size_t written_ = 0;   // bytes handed to the sink
-    size_t file_off_ = 0;  // bytes in the file
-    bool kernel_copy_ok_ = true;
-};
 
 }  // namespace
 
