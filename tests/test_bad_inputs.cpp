@@ -15,6 +15,7 @@
 #include <map>
 #include <regex>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "test_util.h"

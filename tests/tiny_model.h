@@ -9,7 +9,8 @@
 
 #include "common/rng.h"
 #include "io/safetensors.h"
-#include "model/tensor_names.h"
+#include "model/config.h"
+#include "model/expected_tensors.h"
 
 struct TinyModelSpec {
     int vocab = 32, hidden = 16, intermediate = 24, layers = 2, heads = 4, kv_heads = 2, max_pos = 64;
@@ -22,34 +23,6 @@ struct TinyModelSpec {
 inline std::string write_tiny_model(const std::string& dir, const TinyModelSpec& s) {
     using namespace moefy;
     std::filesystem::create_directories(dir);
-    const int64_t H = s.hidden, I = s.intermediate, V = s.vocab, D = s.hidden / s.heads;
-    std::vector<TensorSpec> specs;
-    auto add = [&](std::string n, std::vector<int64_t> shape) { specs.push_back({std::move(n), s.dtype, std::move(shape)}); };
-    add(names::embed(), {V, H});
-    for (int l = 0; l < s.layers; ++l) {
-        add(names::attn(l, "q"), {s.heads * D, H});
-        add(names::attn(l, "k"), {s.kv_heads * D, H});
-        add(names::attn(l, "v"), {s.kv_heads * D, H});
-        add(names::attn(l, "o"), {H, s.heads * D});
-        add(names::dense_ffn(l, "gate"), {I, H});
-        add(names::dense_ffn(l, "up"), {I, H});
-        add(names::dense_ffn(l, "down"), {H, I});
-        add(names::input_norm(l), {H});
-        add(names::post_norm(l), {H});
-    }
-    add(names::final_norm(), {H});
-    if (!s.tie_embeddings) add(names::lm_head(), {V, H});
-    write_checkpoint_tensors(dir, specs, [&](size_t i, ByteSink& sink) {
-        const TensorSpec& t = specs[i];
-        size_t n = t.nbytes() / dtype_size(t.dtype);
-        Rng rng(s.seed, i);
-        std::vector<float> v(n);
-        const bool norm = t.shape.size() == 1;
-        for (float& x : v) x = norm ? float(1.0 + 0.1 * rng.normal()) : float(0.3 * rng.normal());
-        std::vector<uint8_t> buf(t.nbytes());
-        from_f32(t.dtype, v.data(), buf.data(), n);
-        sink.write(buf.data(), buf.size());
-    }, s.max_shard_bytes);
     nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}},
                           {"model_type", "llama"},
                           {"vocab_size", s.vocab},
@@ -66,6 +39,21 @@ inline std::string write_tiny_model(const std::string& dir, const TinyModelSpec&
                           {"bos_token_id", 1},
                           {"eos_token_id", 2},
                           {"torch_dtype", s.dtype == DType::F32 ? "float32" : s.dtype == DType::F16 ? "float16" : "bfloat16"}};
+    // The tensors are the architecture's list (model/expected_tensors.h); the tied head is left out.
+    std::vector<TensorSpec> specs;
+    for (const ExpectedTensor& e : expected_tensors(ModelConfig::parse(cfg, dir)))
+        if (!e.optional) specs.push_back({e.name, s.dtype, e.shape});
+    write_checkpoint_tensors(dir, specs, [&](size_t i, ByteSink& sink) {
+        const TensorSpec& t = specs[i];
+        size_t n = t.nbytes() / dtype_size(t.dtype);
+        Rng rng(s.seed, i);
+        std::vector<float> v(n);
+        const bool norm = t.shape.size() == 1;
+        for (float& x : v) x = norm ? float(1.0 + 0.1 * rng.normal()) : float(0.3 * rng.normal());
+        std::vector<uint8_t> buf(t.nbytes());
+        from_f32(t.dtype, v.data(), buf.data(), n);
+        sink.write(buf.data(), buf.size());
+    }, s.max_shard_bytes);
     std::ofstream(dir + "/config.json") << cfg.dump(2);
     return dir;
 }

@@ -12,6 +12,7 @@
 #include "convert/gguf.h"
 #include "convert/layout.h"
 #include "io/output_dir.h"
+#include "model/expected_tensors.h"
 #include "model/tensor_names.h"
 
 namespace moefy {
@@ -210,6 +211,20 @@ convert::Layout pick_layout(const Context& c) {
     fail("unknown output format");
 }
 
+// The layout's tensors are exactly its architecture's list (model/expected_tensors.h)
+// for the config it writes, so the converter and the loader cannot drift apart;
+// source tensors outside the dense architecture are copied through and left out.
+void check_layout_tensors(const Checkpoint& dense, const json& config, const std::vector<OutTensor>& outs,
+                          const std::string& layout) {
+    std::unordered_map<std::string, bool> dense_names;
+    for (const ExpectedTensor& e : expected_tensors(dense.config)) dense_names.emplace(e.name, true);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> have;
+    for (const OutTensor& t : outs)
+        if (t.op != Op::Copy || dense_names.count(t.spec.name)) have.emplace_back(t.spec.name, t.spec.shape);
+    const std::string where = "convert --format " + layout + " (internal)";
+    check_tensor_list(expected_tensors(ModelConfig::parse(config, where)), have, where);
+}
+
 // Every source tensor in source order; each layer's three dense FFN tensors are
 // replaced, where the first of them appears, by the layout's tensors for that layer.
 std::vector<OutTensor> lay_out(const Context& c, const convert::Layout& layout) {
@@ -295,6 +310,8 @@ ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan
         throw;
     }
     std::vector<OutTensor> outs = lay_out(c, layout);
+    const json config = layout.config(c);
+    check_layout_tensors(dense, config, outs, layout.name);
 
     // Drop each source tensor's pages once its last reader is done.
     std::unordered_map<const TensorView*, size_t> last_use;
@@ -397,12 +414,12 @@ ConvertReport convert_checkpoint(const Checkpoint& dense, const ExpertPlan& plan
     };
     rep.files = write_checkpoint_tensors(dir.path(), specs, produce, opt.max_shard_bytes);
 
-    json config = layout.config(c);
     json meta = opt.provenance.is_object() ? opt.provenance : json::object();
     meta["split_method"] = plan.method;
     if (opt.routers.empty()) meta["router"] = {{"kind", "random"}, {"init", "N(0, 0.02)"}, {"seed", opt.seed}};
-    config["moefy"] = meta;
-    write_file_atomic(dir.file("config.json"), config.dump(2) + "\n");
+    json written = config;
+    written["moefy"] = meta;
+    write_file_atomic(dir.file("config.json"), written.dump(2) + "\n");
     rep.files.push_back("config.json");
     for (const char* f : kSideFiles) {
         const fs::path from = fs::path(dense.dir) / f;

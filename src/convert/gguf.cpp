@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "convert/layout.h"
+#include "model/expected_tensors.h"
 #include "model/tensor_names.h"
 
 namespace moefy {
@@ -297,6 +298,18 @@ GgufReport convert_to_gguf(const Checkpoint& dense, const ExpertPlan* plan, cons
         b.add(std::move(r));
     }
     std::vector<Recipe>& outs = b.out;
+    {  // what is about to be written is exactly llama.cpp's tensor list for this shape (the reader checks the same list)
+        GgufShape gs;
+        gs.deepseek = R > 0;
+        gs.layers = L, gs.hidden = H, gs.vocab = cfg.vocab_size;
+        gs.q_rows = int64_t(cfg.num_heads) * cfg.head_dim, gs.kv_rows = int64_t(cfg.num_kv_heads) * cfg.head_dim;
+        gs.ffn = cfg.intermediate_size, gs.experts = E, gs.expert_width = W, gs.shared_width = shared_w;
+        gs.has_output = ts.find(names::lm_head()) != nullptr;
+        gs.rope_freqs = cfg.rope_scaling.type == "llama3" ? cfg.head_dim / 2 : 0;
+        std::vector<std::pair<std::string, std::vector<int64_t>>> have;
+        for (const Recipe& r : outs) have.emplace_back(r.spec.name, r.spec.ne);
+        check_tensor_list(expected_gguf_tensors(gs), have, out_path + ": GGUF writer (internal)");
+    }
 
     // ---- metadata
     const std::string a = rep.arch + ".";

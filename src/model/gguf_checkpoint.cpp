@@ -1,12 +1,17 @@
 #include "model/gguf_checkpoint.h"
 
 #include <cstring>
+#include <set>
+
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/warn.h"
 #include "io/gguf.h"
 #include "io/json.h"
+#include "model/expected_tensors.h"
 #include "model/tensor_names.h"
 
 namespace moefy {
@@ -35,10 +40,9 @@ class ViewBuilder {
 public:
     ViewBuilder(GgufOwner& o) : o_(o), g_(o.file) {}
 
-    // The whole of GGUF tensor `gname` as HF tensor `hname`, checking its shape.
+    // The whole of GGUF tensor `gname` as HF tensor `hname` (shapes checked against the list before).
     void add(const std::string& gname, const std::string& hname, const std::vector<int64_t>& shape) {
         const GgufTensorInfo& t = g_.tensor(gname);
-        check_shape(t, shape);
         push(t, hname, shape, t.data, t.numel());
     }
     bool add_optional(const std::string& gname, const std::string& hname, const std::vector<int64_t>& shape) {
@@ -49,7 +53,6 @@ public:
     // Slice e of a stacked [E, rows, cols] tensor.
     void add_expert(const std::string& gname, int e, const std::string& hname, const std::vector<int64_t>& stacked) {
         const GgufTensorInfo& t = g_.tensor(gname);
-        check_shape(t, stacked);
         const int64_t per = stacked[1] * stacked[2];
         const size_t bytes_per = ggml_nbytes(t.type, {per});
         push(t, hname, {stacked[1], stacked[2]}, t.data + size_t(e) * bytes_per, per);
@@ -58,7 +61,6 @@ public:
     // h·D + 2r + j holds HF row h·D + j·D/2 + r (r < D/2, j ∈ {0, 1}).
     void add_unpermuted(const std::string& gname, const std::string& hname, int64_t heads, int64_t D, int64_t H) {
         const GgufTensorInfo& t = g_.tensor(gname);
-        check_shape(t, {heads * D, H});
         const DType dt = dtype_of(t.type);
         const size_t row = size_t(H) * dtype_size(dt);
         std::vector<uint8_t> buf(size_t(heads * D) * row);
@@ -81,16 +83,6 @@ public:
     std::vector<TensorView> take() { return std::move(views_); }
 
 private:
-    void check_shape(const GgufTensorInfo& t, const std::vector<int64_t>& shape) const {
-        if (t.torch_shape() != shape) {
-            auto str = [](const std::vector<int64_t>& v) {
-                std::string s = "{";
-                for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[v.size() - 1 - i]);
-                return s + "}";
-            };
-            fail("{}: tensor '{}' has ne {}, expected {} from the metadata", g_.name(), t.name, str(t.torch_shape()), str(shape));
-        }
-    }
     void push(const GgufTensorInfo& t, const std::string& hname, std::vector<int64_t> shape, const uint8_t* data, int64_t n) {
         if (t.type == GgmlType::Q8_0) {
             std::vector<uint8_t> buf(size_t(n) * 4);
@@ -211,6 +203,26 @@ Checkpoint open_gguf_checkpoint(const std::string& path) {
         if (!info["plan"].is_object()) fail("{}: moefy.plan is not a JSON object", path);
     }
     c["gguf"] = info;
+
+    // The file holds exactly llama.cpp's tensors for this metadata (model/expected_tensors.h);
+    // shapes are checked here once, so the views below are built without restating them.
+    GgufShape gs;
+    gs.deepseek = arch == "deepseek";
+    gs.layers = L, gs.hidden = H, gs.vocab = V, gs.q_rows = heads * D, gs.kv_rows = kv_heads * D;
+    gs.ffn = n_ff, gs.experts = E, gs.expert_width = w, gs.shared_width = shared_w;
+    gs.has_output = g.find_tensor("output.weight") != nullptr;
+    gs.rope_freqs = g.find_tensor("rope_freqs.weight") ? D / 2 : 0;
+    const std::vector<ExpectedTensor> expected = expected_gguf_tensors(gs);
+    std::set<std::string> known;
+    for (const ExpectedTensor& e : expected) {
+        known.insert(e.name);
+        const GgufTensorInfo& t = g.tensor(e.name);
+        if (t.ne != e.shape)
+            fail("{}: tensor '{}' has ne {{{}}}, expected {{{}}} from the metadata", path, t.name, fmt::join(t.ne, ", "),
+                 fmt::join(e.shape, ", "));
+    }
+    for (const GgufTensorInfo& t : g.tensors())
+        if (!known.count(t.name)) warn("{}: tensor '{}' is not part of llama.cpp's {} layout (ignored)", path, t.name, arch);
 
     ViewBuilder vb(*owner);
     vb.add("token_embd.weight", names::embed(), {V, H});

@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/decoder_layer.h"
+#include "model/expected_tensors.h"
 #include "model/layers.h"
 #include "model/moe_ffn.h"
 #include "model/parallel.h"
@@ -38,23 +40,27 @@ T* grow(std::vector<T>& v, size_t n) {
     return v.data();
 }
 
-// Collects weight references and counts their bytes.
+// Collects weight references and counts their bytes. Shapes come from the
+// architecture's tensor list (model/expected_tensors.h), not restated here.
 struct Loader {
+    Loader(const ModelConfig& c, const TensorStore& store) : ts(store) {
+        for (ExpectedTensor& e : expected_tensors(c)) shapes.emplace(e.name, std::move(e.shape));
+    }
     const TensorStore& ts;
+    std::unordered_map<std::string, std::vector<int64_t>> shapes;
     size_t bytes = 0;
 
-    WeightRef weight(const std::string& name, int64_t rows, int64_t cols) {
-        const TensorView& t = ts.get(name, {rows, cols});
+    const TensorView& get(const std::string& name) {
+        auto it = shapes.find(name);
+        if (it == shapes.end()) fail("{}: the engine asked for '{}', which the architecture does not list", ts.location(), name);
+        const TensorView& t = ts.get(name, it->second);
         bytes += t.nbytes;
-        return weight_ref(t);
+        return t;
     }
-    std::vector<float> vec(const std::string& name, int64_t n) {
-        const TensorView& t = ts.get(name, {n});
-        bytes += t.nbytes;
-        return ts.read_f32(t.name);
-    }
-    FfnWeights ffn(const std::string& gate, const std::string& up, const std::string& down, int64_t w, int64_t H) {
-        return {weight(gate, w, H), weight(up, w, H), weight(down, H, w)};
+    WeightRef weight(const std::string& name) { return weight_ref(get(name)); }
+    std::vector<float> vec(const std::string& name) { return ts.read_f32(get(name).name); }
+    FfnWeights ffn(const std::string& gate, const std::string& up, const std::string& down) {
+        return {weight(gate), weight(up), weight(down)};
     }
 };
 
@@ -63,44 +69,41 @@ double ffn_params(const FfnWeights& f) { return double(f.gate.rows * f.gate.cols
 
 void load_moe(const ModelConfig& c, int l, Loader& ld, MoEWeights& mw) {
     const MoEConfig& m = c.moe;
-    const int64_t H = c.hidden_size, E = m.num_experts;
-    auto width = [&](int e) { return int64_t(m.expert_widths.at(size_t(l)).at(size_t(e))); };
+    const int64_t E = m.num_experts;
     switch (c.kind) {
         case ModelKind::LlamaMoE:
         case ModelKind::LlamaMoEResidual: {
             const char* pre = c.kind == ModelKind::LlamaMoE ? "mlp" : "mlp.moe_layer";
             for (int e = 0; e < E; ++e)
                 mw.experts.push_back(ld.ffn(names::llama_moe_expert(l, "gate", e, pre), names::llama_moe_expert(l, "up", e, pre),
-                                            names::llama_moe_expert(l, "down", e, pre), width(e), H));
+                                            names::llama_moe_expert(l, "down", e, pre)));
             if (m.gate_network == "mlp") {
-                mw.router_w1 = ld.weight(names::llama_moe_gate_mlp(l, 0, pre), E, H);
-                mw.router_w2 = ld.weight(names::llama_moe_gate_mlp(l, 2, pre), E, E);
+                mw.router_w1 = ld.weight(names::llama_moe_gate_mlp(l, 0, pre));
+                mw.router_w2 = ld.weight(names::llama_moe_gate_mlp(l, 2, pre));
             } else {
-                mw.router = ld.weight(names::llama_moe_gate_linear(l, pre), E, H);
+                mw.router = ld.weight(names::llama_moe_gate_linear(l, pre));
             }
-            for (int r = 0; r < m.num_shared; ++r) {
-                const int64_t w = m.shared_widths.at(size_t(l)).at(size_t(r));
+            for (int r = 0; r < m.num_shared; ++r)
                 mw.shared.push_back(ld.ffn(names::llama_moe_residual_expert(l, "gate", r),
                                            names::llama_moe_residual_expert(l, "up", r),
-                                           names::llama_moe_residual_expert(l, "down", r), w, H));
-            }
-            if (m.num_shared > 0) mw.shared_gate = ld.weight(names::llama_moe_residual_gate(l), m.num_shared, H);
+                                           names::llama_moe_residual_expert(l, "down", r)));
+            if (m.num_shared > 0) mw.shared_gate = ld.weight(names::llama_moe_residual_gate(l));
             break;
         }
         case ModelKind::Mixtral:
-            mw.router = ld.weight(names::mixtral_router(l), E, H);
+            mw.router = ld.weight(names::mixtral_router(l));
             for (int e = 0; e < E; ++e)
                 mw.experts.push_back(ld.ffn(names::mixtral_expert(l, e, "w1"), names::mixtral_expert(l, e, "w3"),
-                                            names::mixtral_expert(l, e, "w2"), width(e), H));
+                                            names::mixtral_expert(l, e, "w2")));
             break;
         case ModelKind::Deepseek:
-            mw.router = ld.weight(names::deepseek_router(l), E, H);
+            mw.router = ld.weight(names::deepseek_router(l));
             for (int e = 0; e < E; ++e)
                 mw.experts.push_back(ld.ffn(names::deepseek_expert(l, e, "gate"), names::deepseek_expert(l, e, "up"),
-                                            names::deepseek_expert(l, e, "down"), width(e), H));
+                                            names::deepseek_expert(l, e, "down")));
             if (m.num_shared > 0)
                 mw.shared.push_back(ld.ffn(names::deepseek_shared(l, "gate"), names::deepseek_shared(l, "up"),
-                                           names::deepseek_shared(l, "down"), m.shared_widths.at(size_t(l)).at(0), H));
+                                           names::deepseek_shared(l, "down")));
             break;
         case ModelKind::Dense: break;
     }
@@ -119,27 +122,26 @@ std::unique_ptr<Model> Model::load(const ModelConfig& c, const TensorStore& ts) 
     const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim;
     const int64_t Q = int64_t(c.num_heads) * D, KV = int64_t(c.num_kv_heads) * D;
     if (D % 2 != 0) fail("{}: head_dim {} must be even for RoPE", ts.location(), D);
-    Loader ld{ts};
-    m->embed_ = ld.weight(names::embed(), V, H);
-    m->lm_head_ = c.tie_word_embeddings ? m->embed_ : ld.weight(names::lm_head(), V, H);
-    m->final_norm_ = ld.vec(names::final_norm(), H);
+    Loader ld(c, ts);
+    m->embed_ = ld.weight(names::embed());
+    m->lm_head_ = c.tie_word_embeddings ? m->embed_ : ld.weight(names::lm_head());
+    m->final_norm_ = ld.vec(names::final_norm());
     double bytes_tok = double(m->lm_head_.nbytes()) + double(H) * dtype_size(m->embed_.dtype);
     double params_tok = double(V * H);
     const MoEConfig& moe = c.moe;
     for (int l = 0; l < c.num_layers; ++l) {
         LayerWeights L;
-        L.input_norm = ld.vec(names::input_norm(l), H);
-        L.post_norm = ld.vec(names::post_norm(l), H);
-        L.q = ld.weight(names::attn(l, "q"), Q, H);
-        L.k = ld.weight(names::attn(l, "k"), KV, H);
-        L.v = ld.weight(names::attn(l, "v"), KV, H);
-        L.o = ld.weight(names::attn(l, "o"), H, Q);
+        L.input_norm = ld.vec(names::input_norm(l));
+        L.post_norm = ld.vec(names::post_norm(l));
+        L.q = ld.weight(names::attn(l, "q"));
+        L.k = ld.weight(names::attn(l, "k"));
+        L.v = ld.weight(names::attn(l, "v"));
+        L.o = ld.weight(names::attn(l, "o"));
         bytes_tok += double(L.q.nbytes() + L.k.nbytes() + L.v.nbytes() + L.o.nbytes());
         params_tok += double(2 * Q * H + 2 * KV * H);
         L.is_moe = c.is_moe();
         if (!L.is_moe) {
-            const int64_t I = c.intermediate_size;
-            L.ffn = ld.ffn(names::dense_ffn(l, "gate"), names::dense_ffn(l, "up"), names::dense_ffn(l, "down"), I, H);
+            L.ffn = ld.ffn(names::dense_ffn(l, "gate"), names::dense_ffn(l, "up"), names::dense_ffn(l, "down"));
             bytes_tok += double(ffn_bytes(L.ffn));
             params_tok += ffn_params(L.ffn);
         } else {
