@@ -2,6 +2,7 @@
 // Shared pieces of the benchmarks: timing, peak RSS, a synthetic BF16 LLaMA
 // written to a temporary directory, and the sgemm floor a product is
 // measured against.
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +25,57 @@
 #include "model/tensor_names.h"
 
 namespace moefy::bench {
+
+// A child process's wall time, CPU time (user + sys) and peak RSS.
+struct ChildRun {
+    double seconds = 0, cpu = 0;
+    long max_rss_kb = 0;
+    int status = 0;
+};
+
+// Runs argv (stdout to /dev/null when `quiet`) and measures it: the peers the
+// benchmarks compare against (cp, llama.cpp) run through the same function.
+inline ChildRun run_child(const std::vector<std::string>& argv, bool quiet = true) {
+    std::vector<char*> a;
+    for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    const auto t0 = std::chrono::steady_clock::now();
+    const pid_t pid = fork();
+    if (pid == 0) {
+        if (quiet) {
+            const int fd = open("/dev/null", O_WRONLY);
+            dup2(fd, 1);
+        }
+        execv(a[0], a.data());
+        _exit(127);
+    }
+    int st = 0;
+    rusage ru{};
+    wait4(pid, &st, 0, &ru);
+    ChildRun r;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.cpu = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    r.max_rss_kb = ru.ru_maxrss;
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return r;
+}
+
+// Reads every file under `d` once so both sides of a comparison start from a warm page cache.
+inline void warm_page_cache(const std::string& d) {
+    std::vector<char> b(size_t(16) << 20);
+    for (auto& e : std::filesystem::recursive_directory_iterator(d)) {
+        if (!e.is_regular_file()) continue;
+        const int fd = open(e.path().c_str(), O_RDONLY);
+        while (read(fd, b.data(), b.size()) > 0) {
+        }
+        close(fd);
+    }
+}
+
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
 
 inline double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 

@@ -44,40 +44,7 @@ struct Args {
     bool keep = false;
 };
 
-struct Run {
-    double seconds = 0;
-    double cpu = 0;  // user + sys of the child
-    long max_rss_kb = 0;
-    int status = 0;
-};
-
 std::string exe_dir() { return fs::canonical("/proc/self/exe").parent_path().string(); }
-
-// Runs argv, returns wall time and the child's peak RSS.
-Run run(const std::vector<std::string>& argv, bool quiet) {
-    std::vector<char*> a;
-    for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
-    const auto t0 = std::chrono::steady_clock::now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (quiet) {
-            int fd = open("/dev/null", O_WRONLY);
-            dup2(fd, 1);
-        }
-        execv(a[0], a.data());
-        _exit(127);
-    }
-    int st = 0;
-    rusage ru{};
-    wait4(pid, &st, 0, &ru);
-    Run r;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.cpu = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-    r.max_rss_kb = ru.ru_maxrss;
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return r;
-}
 
 // LLaMA-7B layer shapes (hidden 4096, intermediate 11008, 32 heads) with a small
 // vocabulary, so that the FFNs dominate the bytes as they do in a real 7B.
@@ -92,22 +59,6 @@ size_t dir_bytes(const std::string& d) {
     for (auto& e : fs::recursive_directory_iterator(d))
         if (e.is_regular_file()) n += e.file_size();
     return n;
-}
-
-void warm(const std::string& d) {
-    std::vector<char> b(size_t(16) << 20);
-    for (auto& e : fs::recursive_directory_iterator(d)) {
-        if (!e.is_regular_file()) continue;
-        int fd = open(e.path().c_str(), O_RDONLY);
-        while (read(fd, b.data(), b.size()) > 0) {
-        }
-        close(fd);
-    }
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
 }
 
 }  // namespace
@@ -157,7 +108,7 @@ int main(int argc, char** argv) {
         const size_t bytes = dir_bytes(src);
         std::printf("model: %.2f GB; plan: random, %d experts per layer\n", double(bytes) / 1e9, a.experts);
         sync();
-        warm(src);
+        bench::warm_page_cache(src);
 
         struct Variant {
             const char* name;
@@ -171,7 +122,7 @@ int main(int argc, char** argv) {
         for (int r = 0; r < a.reps; ++r) {
             const std::string cp_out = root + "/cp";
             sync();
-            Run c = run({"/bin/cp", "-r", src, cp_out}, false);
+            bench::ChildRun c = bench::run_child({"/bin/cp", "-r", src, cp_out}, false);
             if (c.status != 0) throw Error("cp failed");
             std::printf("  rep %d: cp -r %.2f s (CPU %.2f)", r + 1, c.seconds, c.cpu);
             cp_t.push_back(c.seconds);
@@ -182,7 +133,7 @@ int main(int argc, char** argv) {
                 std::vector<std::string> cmd = {a.cli, "convert", "--model", src, "--plan", plan, "--out", out};
                 cmd.insert(cmd.end(), variants[v].extra.begin(), variants[v].extra.end());
                 sync();
-                Run m = run(cmd, true);
+                bench::ChildRun m = bench::run_child(cmd, true);
                 if (m.status != 0) throw Error(fmt::format("moefy convert failed (exit {})", m.status));
                 std::printf(", %s %.2f s (CPU %.2f)", variants[v].name, m.seconds, m.cpu);
                 cv_t[v].push_back(m.seconds);
@@ -193,11 +144,11 @@ int main(int argc, char** argv) {
             std::printf("\n");
             std::fflush(stdout);
         }
-        const double cp = median(cp_t), cpc = median(cp_c);
+        const double cp = bench::median(cp_t), cpc = bench::median(cp_c);
         std::printf("\n%-32s %8s %7s %7s %8s %7s %10s\n", "", "wall s", "GB/s", "x cp", "CPU s", "x cp", "peak RSS");
         std::printf("%-32s %8.3f %7.2f %7.2f %8.3f %7.2f %10s\n", "cp -r", cp, double(bytes) / 1e9 / cp, 1.0, cpc, 1.0, "-");
         for (size_t v = 0; v < variants.size(); ++v) {
-            const double t = median(cv_t[v]), c = median(cv_c[v]);
+            const double t = bench::median(cv_t[v]), c = bench::median(cv_c[v]);
             std::printf("%-32s %8.3f %7.2f %7.2f %8.3f %7.2f %7.0f MB\n", (std::string("convert ") + variants[v].name).c_str(), t,
                         double(bytes) / 1e9 / t, t / cp, c, c / cpc, double(rss[v]) / 1024.0);
         }

@@ -33,51 +33,6 @@ using namespace moefy;
 
 namespace {
 
-struct Run {
-    double seconds = 0, cpu = 0;
-    long max_rss_kb = 0;
-    int status = 0;
-};
-
-Run run(const std::vector<std::string>& argv) {
-    std::vector<char*> a;
-    for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
-    const auto t0 = std::chrono::steady_clock::now();
-    const pid_t pid = fork();
-    if (pid == 0) {
-        const int fd = open("/dev/null", O_WRONLY);
-        dup2(fd, 1);
-        execv(a[0], a.data());
-        _exit(127);
-    }
-    int st = 0;
-    rusage ru{};
-    wait4(pid, &st, 0, &ru);
-    Run r;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.cpu = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-    r.max_rss_kb = ru.ru_maxrss;
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return r;
-}
-
-void warm(const std::string& d) {
-    std::vector<char> b(size_t(16) << 20);
-    for (auto& e : fs::recursive_directory_iterator(d)) {
-        if (!e.is_regular_file()) continue;
-        const int fd = open(e.path().c_str(), O_RDONLY);
-        while (read(fd, b.data(), b.size()) > 0) {
-        }
-        close(fd);
-    }
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -127,10 +82,10 @@ int main(int argc, char** argv) {
         std::vector<long> rss(variants.size(), 0);
         std::vector<size_t> out_bytes(variants.size(), 0);
         sync();
-        warm(src);
+        bench::warm_page_cache(src);
         for (int r = 0; r < reps; ++r) {
             sync();
-            Run cp = run({"/bin/cp", src + "/model.safetensors", root + "/copy"});
+            bench::ChildRun cp = bench::run_child({"/bin/cp", src + "/model.safetensors", root + "/copy"});
             if (cp.status != 0) throw Error("cp failed");
             cp_t.push_back(cp.seconds);
             fs::remove(root + "/copy");
@@ -140,7 +95,7 @@ int main(int argc, char** argv) {
                 std::vector<std::string> cmd = {cli, "convert", "--model", src, "--format", "gguf", "--out", out};
                 cmd.insert(cmd.end(), variants[v].extra.begin(), variants[v].extra.end());
                 sync();
-                const Run m = run(cmd);
+                const bench::ChildRun m = bench::run_child(cmd);
                 if (m.status != 0) throw Error(fmt::format("moefy convert ({}) failed, exit {}", variants[v].name, m.status));
                 out_bytes[v] = fs::file_size(out);
                 t[v].push_back(m.seconds), c[v].push_back(m.cpu);
@@ -151,12 +106,12 @@ int main(int argc, char** argv) {
             std::printf("\n");
             std::fflush(stdout);
         }
-        const double cp = median(cp_t);
+        const double cp = bench::median(cp_t);
         std::printf("\n%-22s %8s %9s %7s %8s %10s\n", "", "wall s", "out GB", "x cp", "CPU s", "peak RSS");
         std::printf("%-22s %8.3f %9.2f %7.2f %8s %10s\n", "cp", cp, double(bytes) / 1e9, 1.0, "-", "-");
         for (size_t v = 0; v < variants.size(); ++v)
-            std::printf("%-22s %8.3f %9.2f %7.2f %8.2f %7.0f MB\n", variants[v].name, median(t[v]), double(out_bytes[v]) / 1e9,
-                        median(t[v]) / cp, median(c[v]), double(rss[v]) / 1024.0);
+            std::printf("%-22s %8.3f %9.2f %7.2f %8.2f %7.0f MB\n", variants[v].name, bench::median(t[v]), double(out_bytes[v]) / 1e9,
+                        bench::median(t[v]) / cp, bench::median(c[v]), double(rss[v]) / 1024.0);
         double load[3] = {0, 0, 0};
         getloadavg(load, 3);
         std::printf("\n%d reps, medians; load average %.1f on %ld cores\n", reps, load[0], sysconf(_SC_NPROCESSORS_ONLN));
