@@ -206,71 +206,70 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     std::vector<TokenWindow> eval;
     if (!o.eval_data.empty()) eval = read_windows(o.eval_data, o.text_field, *tok, o.ctx, o.eval_tokens);
 
-    // split
-    auto t0 = Clock::now();
-    if (!o.plan_path.empty()) {
-        r.plan = ExpertPlan::load(o.plan_path);
-        r.plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o.plan_path);
-        r.options.experts = r.plan.num_experts();
-    } else {
-        r.plan = make_build_plan(dense, o, calib, progress);
-    }
-    if (o.top_k > r.plan.num_experts())
-        fail("--top-k {}: must be between 1 and the plan's {} experts", o.top_k, r.plan.num_experts());
-    if (!o.save_plan.empty()) r.plan.save(o.save_plan);
-    r.stages.push_back({"split", since(t0)});
+    // Each stage runs under its name: timed into r.stages, progress passed through.
+    auto stage = [&](const char* name, auto&& body) {
+        const auto t0 = Clock::now();
+        body();
+        r.stages.push_back({name, since(t0)});
+    };
+    const auto report = [&](const char* what, double d, double n) {
+        if (progress) progress(what, d, n);
+    };
+
+    stage("split", [&] {
+        if (!o.plan_path.empty()) {
+            r.plan = ExpertPlan::load(o.plan_path);
+            r.plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o.plan_path);
+            r.options.experts = r.plan.num_experts();
+        } else {
+            r.plan = make_build_plan(dense, o, calib, progress);
+        }
+        if (o.top_k > r.plan.num_experts())
+            fail("--top-k {}: must be between 1 and the plan's {} experts", o.top_k, r.plan.num_experts());
+        if (!o.save_plan.empty()) r.plan.save(o.save_plan);
+    });
     r.active_ffn_fraction = active_ffn_fraction(r.plan, o.top_k);
 
     // calibrate: routers and scales
-    t0 = Clock::now();
     ConvertOptions co = layout_options(o);
-    const RoutingResult routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co,
-                                                [&](const char* stage, double d, double n) {
-                                                    if (progress) progress(stage, d, n);
-                                                });
-    r.routers = routing.layers;
-    r.calib_tokens = routing.calib_tokens;
-    if (!o.plan_path.empty()) co.plan_name = o.plan_path;
-    r.stages.push_back({"calibrate", since(t0)});
+    RoutingResult routing;
+    stage("calibrate", [&] {
+        routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co, report);
+        r.routers = routing.layers;
+        r.calib_tokens = routing.calib_tokens;
+        if (!o.plan_path.empty()) co.plan_name = o.plan_path;
+    });
 
     // refit: the down projections for the routing just built
     r.options.refit = o.refit && !calib.empty() && routing.built;
-    if (r.options.refit) {
-        t0 = Clock::now();
-        auto model = Model::load(dense);
-        const RouterOptions ro = router_options(o.routing, co);
-        RefitOptions ropt;
-        ropt.max_tokens = ro.calib.max_tokens;
-        RefitResult rf = refit_down_projections(*model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight),
-                                                calib, ropt, [&](const char* stage, double d, double n) {
-                                                    if (progress) progress(stage, d, n);
-                                                });
-        r.refit = rf.layers;
-        co.down_proj = std::move(rf.down);
-        co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
-                                  {"held_out_every", ropt.val_every}};
-        r.stages.push_back({"refit", since(t0)});
-    }
-
-    // convert
-    t0 = Clock::now();
-    r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) {
-        if (progress) progress("convert", d, n);
-    });
-    r.stages.push_back({"convert", since(t0)});
-
-    // eval
-    if (!eval.empty()) {
-        t0 = Clock::now();
-        Checkpoint moe = Checkpoint::open(o.out_dir);
-        check_reference_pair(moe, dense);
-        auto moe_model = Model::load(moe);
-        auto dense_model = Model::load(dense);
-        r.eval = compare_with_reference(*moe_model, *dense_model, eval, o.oracle, [&](const char* stage, size_t d, size_t n) {
-            if (progress) progress(std::string("eval: ") + stage, double(d), double(n));
+    if (r.options.refit)
+        stage("refit", [&] {
+            auto model = Model::load(dense);
+            const RouterOptions ro = router_options(o.routing, co);
+            RefitOptions ropt;
+            ropt.max_tokens = ro.calib.max_tokens;
+            RefitResult rf = refit_down_projections(
+                *model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight), calib, ropt, report);
+            r.refit = rf.layers;
+            co.down_proj = std::move(rf.down);
+            co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
+                                      {"held_out_every", ropt.val_every}};
         });
-        r.stages.push_back({"eval", since(t0)});
-    }
+
+    stage("convert", [&] {
+        r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
+    });
+
+    if (!eval.empty())
+        stage("eval", [&] {
+            Checkpoint moe = Checkpoint::open(o.out_dir);
+            check_reference_pair(moe, dense);
+            auto moe_model = Model::load(moe);
+            auto dense_model = Model::load(dense);
+            r.eval = compare_with_reference(*moe_model, *dense_model, eval, o.oracle, [&](const char* what, size_t d, size_t n) {
+                if (progress) progress(std::string("eval: ") + what, double(d), double(n));
+            });
+        });
     return r;
 }
 
