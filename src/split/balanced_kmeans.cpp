@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "model/matmul.h"
 #include "split/balanced_assignment.h"
 #include "split/expert_plan.h"
 
@@ -187,14 +188,6 @@ struct Restart {
     double best_inertia = std::numeric_limits<double>::infinity();
 
     explicit Restart(uint64_t seed, uint64_t r) : rng(seed, r) {}
-};
-
-// OpenBLAS (pthread build) would start its own threads inside each OpenMP
-// thread; all parallelism here comes from OpenMP.
-struct SingleThreadedBlas {
-    int saved = openblas_get_num_threads();
-    SingleThreadedBlas() { openblas_set_num_threads(1); }
-    ~SingleThreadedBlas() { openblas_set_num_threads(saved); }
 };
 
 // Accumulates thread-seconds: wall time x the threads the phase kept busy.
@@ -450,7 +443,7 @@ KMeansResult balanced_kmeans(const float* X, int n, int d, int k, const KMeansOp
 
     KMeansResult res;
     auto t0 = Clock::now();
-    SingleThreadedBlas blas1;
+    BlasSingleThread blas1;  // OpenBLAS would start its own threads inside each OpenMP thread
     const Points P = make_points(X, n, d, opts);
     const int R = opts.restarts;
     const int threads = P.threads;
