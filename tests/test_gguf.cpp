@@ -665,3 +665,42 @@ TEST(GgufCli, ConvertInspectEvalGenerateAndBuild) {
     ASSERT_EQ(c.status, 0) << c.out;
     EXPECT_TRUE(is_gguf_file(t + "/b.gguf"));
 }
+
+// moefy.plan and moefy.rope_scaling are JSON strings inside a GGUF anyone may
+// have written: parsed with the depth cap, checked field by field, and every
+// problem is one error naming the file (was: an escaped JSON exception, and a
+// deep plan recursed without bound).
+TEST(GgufReader, HostileMoefyPlanIsAnErrorNamingTheFile) {
+    TempDir tmp;
+    const Checkpoint ck = Checkpoint::open(demo_model_dir());
+    const std::string dense = tmp.path + "/dense.gguf";
+    ConvertOptions o;
+    o.format = MoEFormat::Gguf;
+    convert_to_gguf(ck, nullptr, dense, o, GgufOptions{});
+    const GgufFile f = open_gguf(dense);
+    auto with_plan = [&](const std::string& name, const std::string& plan) {
+        std::vector<GgufKV> kv = f.kv();
+        kv.push_back({"moefy.plan", GgufValue::str(plan)});
+        std::vector<GgufTensorSpec> specs;
+        for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
+        const std::string path = tmp.path + "/" + name;
+        write_gguf(path, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
+        return path;
+    };
+    const std::string ok = with_plan("ok.gguf", R"({"method": "random", "padded_neurons": 0})");
+    EXPECT_EQ(run_cli("inspect " + ok).status, 0);
+    struct Case { const char* name; std::string plan, message; };
+    for (const Case& c : {Case{"type.gguf", R"({"method": "random", "padded_neurons": "many"})",
+                               ": moefy.plan: field 'padded_neurons' must be an integer"},
+                          Case{"method.gguf", R"({"method": 3})", ": moefy.plan: field 'method' must be a string, got number"},
+                          Case{"deep.gguf", std::string(100000, '[') + std::string(100000, ']'),
+                               ": moefy.plan: JSON nested deeper than 64 levels"},
+                          Case{"array.gguf", "[1, 2]", ": moefy.plan is not a JSON object"},
+                          Case{"syntax.gguf", "{\"method\": ", ": moefy.plan: not well-formed JSON"}}) {
+        const std::string path = with_plan(c.name, c.plan);
+        const CliResult r = run_cli("inspect " + path);
+        EXPECT_EQ(r.status, 1) << c.name << ": " << r.out;
+        EXPECT_NE(r.out.find("moefy: error: " + path + c.message), std::string::npos) << c.name << ": " << r.out;
+        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << c.name << ": one line: " << r.out;
+    }
+}

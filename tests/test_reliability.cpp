@@ -51,6 +51,36 @@ TEST(JsonLimits, IntegersAreReadWholeAndRangeChecked) {
     }
 }
 
+// Optional fields of foreign JSON: a field of the wrong type is an error naming
+// the file and the field, never an escaped nlohmann type_error (the fuzz_plan
+// finding's class: j.value("k", default) throws type_error 302 on a mismatch).
+TEST(JsonLimits, OptionalFieldsOfTheWrongTypeAreNamed) {
+    const nlohmann::json j = nlohmann::json::parse(R"({"s": "x", "b": true, "i": 7, "f": 0.5, "n": null, "big": 18446744073709551615})");
+    EXPECT_EQ(json_get_or(j, "s", "d", "f.json"), "x");
+    EXPECT_EQ(json_get_or(j, "missing", "d", "f.json"), "d");
+    EXPECT_EQ(json_get_or(j, "n", "d", "f.json"), "d");  // null is "not given"
+    EXPECT_TRUE(json_get_or(j, "b", false, "f.json"));
+    EXPECT_EQ(json_get_or(j, "i", int64_t(0), "f.json"), 7);
+    EXPECT_EQ(json_get_or(j, "i", 0.0, "f.json"), 7.0);
+    EXPECT_EQ(json_get_or(j, "f", 0.0, "f.json"), 0.5);
+    EXPECT_EQ(json_get_or(nlohmann::json::array(), "s", "d", "f.json"), "d");  // not an object: nothing given
+    auto err = [&](auto f) {
+        try {
+            f();
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("(no error)");
+    };
+    EXPECT_EQ(err([&] { json_get_or(j, "i", "d", "f.json"); }), "f.json: field 'i' must be a string, got number");
+    EXPECT_EQ(err([&] { json_get_or(j, "s", false, "f.json"); }), "f.json: field 's' must be true or false, got string");
+    EXPECT_EQ(err([&] { json_get_or(j, "f", int64_t(0), "f.json"); }),
+              "f.json: field 'f' must be an integer in [-9223372036854775808, 9223372036854775807], got 0.5");
+    EXPECT_EQ(err([&] { json_get_or(j, "big", int64_t(0), "f.json"); }),
+              "f.json: field 'big' must be an integer in [-9223372036854775808, 9223372036854775807], got 18446744073709551615");
+    EXPECT_EQ(err([&] { json_get_or(j, "s", 0.0, "f.json"); }), "f.json: field 's' must be a number, got string");
+}
+
 TEST(SizeProducts, OverflowIsRefusedNotWrapped) {
     EXPECT_EQ(checked_nbytes({3, 5}, DType::BF16, "t"), 30u);
     EXPECT_EQ(checked_nbytes({}, DType::F32, "t"), 4u);

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "cli/cli_common.h"
+#include "io/json.h"
 #include "model/checkpoint.h"
 
 namespace moefy::cli {
@@ -82,17 +83,20 @@ static void print_inspect(const nlohmann::json& j) {
     if (j.contains("gguf")) {
         const auto& g = j["gguf"];
         static const std::map<int, const char*> ftypes = {{0, "f32"}, {1, "f16"}, {7, "q8_0"}, {32, "bf16"}};
-        const int ft = g.value("file_type", -1);
-        fmt::print("format            GGUF v{}, llama.cpp architecture '{}', file type {}{}\n", g.value("version", 0),
-                   g.value("architecture", "?"), ft, ftypes.count(ft) ? fmt::format(" ({})", ftypes.at(ft)) : "");
+        const int ft = int(g.at("file_type").get<int64_t>());  // moefy's own summary of the header (gguf_checkpoint)
+        fmt::print("format            GGUF v{}, llama.cpp architecture '{}', file type {}{}\n", g.at("version").get<int64_t>(),
+                   g.at("architecture").get<std::string>(), ft, ftypes.count(ft) ? fmt::format(" ({})", ftypes.at(ft)) : "");
         if (ft == 7) fmt::print("                  q8_0 tensors are dequantised to f32 when moefy loads them\n");
         if (g.contains("plan")) {
+            // moefy.plan comes from the file as written, by moefy or by anyone (its fields were checked at open).
             const auto& p = g["plan"];
-            fmt::print("split             {}\n", p.value("method", "?"));
-            const size_t pad = p.value("padded_neurons", size_t(0));
-            fmt::print("stored widths     expert {}{}\n", p.value("stored_expert_width", 0),
-                       p.value("stored_shared_width", 0) ? fmt::format(", shared {}", p.value("stored_shared_width", 0)) : "");
-            if (p.contains("expert_widths"))
+            const std::string where = j["path"].get<std::string>() + ": moefy.plan";
+            fmt::print("split             {}\n", json_get_or(p, "method", "?", where));
+            const int64_t pad = json_get_or(p, "padded_neurons", int64_t(0), where);
+            const int64_t ew = json_get_or(p, "stored_expert_width", int64_t(0), where);
+            const int64_t sw = json_get_or(p, "stored_shared_width", int64_t(0), where);
+            fmt::print("stored widths     expert {}{}\n", ew, sw ? fmt::format(", shared {}", sw) : "");
+            if (p.contains("expert_widths"))  // checked when the file was opened (model/gguf_checkpoint.cpp)
                 fmt::print("plan widths       {}\n", widths_summary(p["expert_widths"].get<std::vector<std::vector<int>>>()));
             if (pad)
                 fmt::print("padding           {} zero neurons in all (narrower experts padded to the stored width; exact)\n", pad);

@@ -1,5 +1,7 @@
 #include "io/json.h"
 
+#include <cstdint>
+
 #include <limits>
 
 #include "common/error.h"
@@ -52,6 +54,41 @@ int64_t json_int(const nlohmann::json& v, int64_t lo, int64_t hi, const std::str
         fail("{} must be an integer in [{}, {}], got {}", what, lo, hi, v.dump());
     }
     return v.is_number_unsigned() ? int64_t(v.get<uint64_t>()) : v.get<int64_t>();
+}
+
+namespace {
+const nlohmann::json* field(const nlohmann::json& obj, const char* key) {
+    if (!obj.is_object()) return nullptr;
+    auto it = obj.find(key);
+    return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+}  // namespace
+
+std::string json_get_or(const nlohmann::json& obj, const char* key, const std::string& def, const std::string& where) {
+    const nlohmann::json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_string()) fail("{}: field '{}' must be a string, got {}", where, key, v->type_name());
+    return v->get<std::string>();
+}
+std::string json_get_or(const nlohmann::json& obj, const char* key, const char* def, const std::string& where) {
+    return json_get_or(obj, key, std::string(def), where);
+}
+bool json_get_or(const nlohmann::json& obj, const char* key, bool def, const std::string& where) {
+    const nlohmann::json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_boolean()) fail("{}: field '{}' must be true or false, got {}", where, key, v->type_name());
+    return v->get<bool>();
+}
+int64_t json_get_or(const nlohmann::json& obj, const char* key, int64_t def, const std::string& where) {
+    const nlohmann::json* v = field(obj, key);
+    if (!v) return def;
+    return json_int(*v, INT64_MIN, INT64_MAX, fmt::format("{}: field '{}'", where, key));
+}
+double json_get_or(const nlohmann::json& obj, const char* key, double def, const std::string& where) {
+    const nlohmann::json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_number()) fail("{}: field '{}' must be a number, got {}", where, key, v->type_name());
+    return v->get<double>();
 }
 
 }  // namespace moefy

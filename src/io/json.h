@@ -29,4 +29,14 @@ int64_t json_int(const nlohmann::json& v, int64_t lo, int64_t hi, const std::str
 // True when `v` is an integer in [lo, hi] (no throw).
 bool json_int_in(const nlohmann::json& v, int64_t lo, int64_t hi);
 
+// Optional fields of files moefy did not write: `obj[key]` when it is there
+// (not null), else `def`. A field of the wrong type throws "<where>: field
+// '<key>' must be <a string | true or false | an integer | a number>" instead
+// of escaping as a JSON type error (nlohmann's value() throws on a mismatch).
+std::string json_get_or(const nlohmann::json& obj, const char* key, const std::string& def, const std::string& where);
+std::string json_get_or(const nlohmann::json& obj, const char* key, const char* def, const std::string& where);
+bool json_get_or(const nlohmann::json& obj, const char* key, bool def, const std::string& where);
+int64_t json_get_or(const nlohmann::json& obj, const char* key, int64_t def, const std::string& where);
+double json_get_or(const nlohmann::json& obj, const char* key, double def, const std::string& where);
+
 }  // namespace moefy

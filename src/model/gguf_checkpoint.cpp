@@ -199,8 +199,23 @@ Checkpoint open_gguf_checkpoint(const std::string& path) {
     }
     json info = {{"architecture", arch}, {"file_type", g.get_int("general.file_type", -1)}, {"version", g.version()}};
     if (g.find("moefy.plan")) {
-        info["plan"] = parse_json(g.get_str("moefy.plan"), path + ": moefy.plan");
-        if (!info["plan"].is_object()) fail("{}: moefy.plan is not a JSON object", path);
+        const std::string where = path + ": moefy.plan";
+        const json plan = parse_json(g.get_str("moefy.plan"), where);
+        if (!plan.is_object()) fail("{}: moefy.plan is not a JSON object", path);
+        // The summary fields inspect prints (convert/gguf.cpp writes them); checked here so a bad one is refused at open.
+        (void)json_get_or(plan, "method", "", where);
+        for (const char* k : {"padded_neurons", "stored_expert_width", "stored_shared_width"})
+            if (json_get_or(plan, k, int64_t(0), where) < 0) fail("{}: field '{}' is negative", where, k);
+        if (plan.contains("expert_widths")) {
+            const json& w = plan["expert_widths"];
+            bool ok = w.is_array();
+            for (size_t l = 0; ok && l < w.size(); ++l) {
+                ok = w[l].is_array();
+                for (size_t e = 0; ok && e < w[l].size(); ++e) ok = json_int_in(w[l][e], 0, INT32_MAX);
+            }
+            if (!ok) fail("{}: field 'expert_widths' must be a list of lists of non-negative integers", where);
+        }
+        info["plan"] = plan;
     }
     c["gguf"] = info;
 

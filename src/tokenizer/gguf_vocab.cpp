@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 #include "io/output_dir.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/sp_model.h"
@@ -35,17 +36,17 @@ bool is_llama3_regex(const std::string& re) {
 
 std::string bpe_pre_name(const json& pre, const std::string& where) {
     std::vector<const json*> steps;
-    if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers"))
-        for (const json& s : pre["pretokenizers"]) steps.push_back(&s);
+    if (json_get_or(pre, "type", "", where + ": pre_tokenizer") == "Sequence" && pre.contains("pretokenizers"))
+        for (const json& s : pre.at("pretokenizers")) steps.push_back(&s);
     else if (pre.is_object())
         steps.push_back(&pre);
     bool byte_level = false, byte_level_regex = false;
     std::string split;
     for (const json* s : steps) {
-        const std::string type = s->value("type", "");
-        if (type == "ByteLevel") byte_level = true, byte_level_regex = s->value("use_regex", true);
-        else if (type == "Split" && s->contains("pattern") && (*s)["pattern"].contains("Regex"))
-            split = (*s)["pattern"]["Regex"].get<std::string>();
+        const std::string type = json_get_or(*s, "type", "", where + ": pre_tokenizer");
+        if (type == "ByteLevel") byte_level = true, byte_level_regex = json_get_or(*s, "use_regex", true, where + ": pre_tokenizer");
+        else if (type == "Split" && s->contains("pattern"))
+            split = json_get_or(s->at("pattern"), "Regex", "", where + ": pre_tokenizer pattern");
     }
     if (!byte_level) fail("{}: pre-tokenizer is not byte-level; GGUF \"gpt2\" vocabularies need byte-level BPE", where);
     if (!split.empty() && is_llama3_regex(split)) return "llama-bpe";
@@ -101,15 +102,17 @@ GgufVocabInfo append_gguf_tokenizer(const std::string& model_dir, int vocab_size
         put(kv, "tokenizer.ggml.add_space_prefix", GgufValue::boolean(v.add_dummy_prefix));
     } else {
         const TokenizerJson tj = read_tokenizer_json(tj_path);
-        const json& model = tj.rest["model"];
-        if (!model.is_object() || model.value("type", "BPE") != "BPE")
+        const json& model = tj.rest.contains("model") ? tj.rest.at("model") : json();
+        if (!model.is_object() || json_get_or(model, "type", "BPE", tj_path + ": model") != "BPE")
             fail("{}: GGUF embedding supports BPE tokenizer.json models only", tj_path);
-        info.pre = bpe_pre_name(tj.rest.value("pre_tokenizer", json()), tj_path);
+        info.pre = bpe_pre_name(tj.rest.contains("pre_tokenizer") ? tj.rest.at("pre_tokenizer") : json(), tj_path);
         info.model = "gpt2";
         int64_t n = vocab_size;
         for (const auto& [t, id] : tj.vocab) n = std::max(n, id + 1);
-        if (tj.rest.contains("added_tokens"))
-            for (const json& a : tj.rest["added_tokens"]) n = std::max<int64_t>(n, a.value("id", 0) + 1);
+        const json added = tj.rest.contains("added_tokens") ? tj.rest.at("added_tokens") : json::array();
+        if (!added.is_array()) fail("{}: added_tokens must be a list", tj_path);
+        const std::string at = tj_path + ": added_tokens";
+        for (const json& a : added) n = std::max<int64_t>(n, json_get_or(a, "id", int64_t(0), at) + 1);
         if (n > vocab_size) fail("{}: token ids reach {} but the embedding table has only {} rows", tj_path, n - 1, vocab_size);
         tokens.assign(size_t(vocab_size), "");
         types.assign(size_t(vocab_size), 0);
@@ -117,13 +120,12 @@ GgufVocabInfo append_gguf_tokenizer(const std::string& model_dir, int vocab_size
             if (id < 0) fail("{}: negative token id for '{}'", tj_path, t);
             tokens[size_t(id)] = t, types[size_t(id)] = int64_t(SpPieceType::Normal);
         }
-        if (tj.rest.contains("added_tokens"))
-            for (const json& a : tj.rest["added_tokens"]) {
-                const int64_t id = a.value("id", int64_t(-1));
-                if (id < 0) continue;
-                tokens[size_t(id)] = a.value("content", "");
-                types[size_t(id)] = int64_t(a.value("special", false) ? SpPieceType::Control : SpPieceType::UserDefined);
-            }
+        for (const json& a : added) {
+            const int64_t id = json_get_or(a, "id", int64_t(-1), at);
+            if (id < 0) continue;
+            tokens[size_t(id)] = json_get_or(a, "content", "", at);
+            types[size_t(id)] = int64_t(json_get_or(a, "special", false, at) ? SpPieceType::Control : SpPieceType::UserDefined);
+        }
         for (size_t i = 0; i < tokens.size(); ++i)
             if (types[i] == 0) tokens[i] = fmt::format("[PAD{}]", i), types[i] = int64_t(SpPieceType::Unused);
         std::vector<std::string> merges;
@@ -141,19 +143,15 @@ GgufVocabInfo append_gguf_tokenizer(const std::string& model_dir, int vocab_size
     put(kv, "tokenizer.ggml.add_bos_token", GgufValue::boolean(adds_bos));
     put(kv, "tokenizer.ggml.add_eos_token", GgufValue::boolean(adds_eos));
     if (!tc_path.empty()) {
-        json tc;
-        try {
-            tc = json::parse(read_text_file(tc_path));
-        } catch (const json::exception& e) {
-            fail("{}: invalid JSON: {}", tc_path, e.what());
-        }
+        const json tc = read_json_file(tc_path);
         if (tc.is_object() && tc.contains("chat_template")) {
-            const json& ct = tc["chat_template"];
+            const json& ct = tc.at("chat_template");
             std::string tmpl;
             if (ct.is_string()) tmpl = ct.get<std::string>();
             else if (ct.is_array())  // [{name, template}]: the default one, as llama.cpp's converter
                 for (const json& e : ct)
-                    if (e.is_object() && e.value("name", "") == "default") tmpl = e.value("template", "");
+                    if (json_get_or(e, "name", "", tc_path + ": chat_template") == "default")
+                        tmpl = json_get_or(e, "template", "", tc_path + ": chat_template");
             if (!tmpl.empty()) {
                 put(kv, "tokenizer.chat_template", GgufValue::str(tmpl));
                 info.chat_template = true;
