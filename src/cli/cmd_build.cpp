@@ -48,7 +48,9 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     cmd->add_flag("--refit,!--no-refit", b.refit,
                   "Refit the down projections for the final routing on --data (on when --data is given)");
     add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype, b.q8_0);
-    cmd->add_option("--data", b.calib_data, "Calibration text (.jsonl or .txt): graph split, fitted routers and scales");
+    cmd->add_option("--data", b.calib_data,
+                    "Calibration text (.jsonl or .txt): graph split, fitted routers and scales [default, when one of them needs "
+                    "text: the bundled data/calib.jsonl]");
     cmd->add_option("--eval-data", b.eval_data, "Held-out text: evaluate dense vs MoE at the end");
     cmd->add_option("--text-field", b.text_field, "JSONL field holding the text (default: text, else content)");
     cmd->add_option("--calib-tokens", b.calib_tokens, "Calibration tokens at most")->capture_default_str();
@@ -82,6 +84,11 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
             }
             bar->update(d, n);
         };
+        // As convert: the calibration text moefy ships with, when the choices need text and none is given.
+        if (o->b.calib_data.empty() && (o->budget > 0 || build_needs_calibration(o->b))) {
+            o->b.calib_data = bundled_file("data/calib.jsonl");
+            if (!o->b.calib_data.empty()) fmt::print(stderr, "calibration text: {} (bundled; --data FILE for your own)\n", o->b.calib_data);
+        }
         BuildResult r = o->budget > 0 ? run_budget_build(o->b, o->budget, o->space, progress) : run_build(o->b, progress);
         bar.reset();
         if (!o->report.empty()) write_build_report(r, o->report);

@@ -47,6 +47,15 @@ std::vector<TokenWindow> read_windows(const std::string& path, const std::string
     return make_windows(docs, tok, {ctx, max_tokens, true});
 }
 
+}  // namespace
+
+bool build_needs_calibration(const BuildOptions& o) {
+    return (o.plan_path.empty() && (method_reads_text(o.method) || o.shared > 0)) ||
+           routing_needs_calibration(o.routing, layout_options(o));
+}
+
+namespace {
+
 // Everything that can be refused without reading weights or text.
 void check_options(const BuildOptions& o) {
     if (o.model_dir.empty()) fail("--model: no model directory given");

@@ -105,6 +105,10 @@ double active_ffn_fraction(const ExpertPlan& plan, int top_k);
 // stage ("split", "calibrate", "fit", "convert", "eval: dense", ...), done, total.
 using BuildProgress = std::function<void(const std::string& stage, double done, double total)>;
 
+// True when these options read calibration text (--data): a split method that
+// reads text, shared experts, or a router, weighting or scale fitted on it.
+bool build_needs_calibration(const BuildOptions& opt);
+
 // Validates every option before the first expensive step, then runs the stages.
 // Throws moefy::Error; the output directory appears only when convert succeeded.
 BuildResult run_build(const BuildOptions& opt, const BuildProgress& progress = {});
