@@ -191,6 +191,11 @@ std::vector<Case> cases() {
         return e.convert(e.patch_plan([](json& j) { j["layers"][0]["experts"][0][0] = 4294967301ull; })); }, "out of range");
     add("P08", "expert plan", "a neuron in two experts, another in none (random plan)", [](Env& e) {
         return e.convert(e.patch_plan([](json& j) { j["layers"][1]["experts"][0][0] = j["layers"][1]["experts"][1][0]; })); }, "partitions the neurons");
+    add("P16", "expert plan", "a neuron in two experts, another in none (non-sharing gradient plan)", [](Env& e) {
+        return e.convert(e.patch_plan([](json& j) {
+            j["method"] = "gradient", j["params"] = {{"share", false}};
+            j["layers"][0]["experts"][0][0] = j["layers"][0]["experts"][1][0];
+        })); }, "'gradient' plan without --share partitions the neurons");
     add("P09", "expert plan", "a neuron twice in one expert", [](Env& e) {
         return e.convert(e.patch_plan([](json& j) { j["layers"][0]["experts"][0][1] = j["layers"][0]["experts"][0][0]; })); }, "twice");
     add("P10", "expert plan", "layer count disagrees", [](Env& e) {

@@ -181,32 +181,35 @@ void ExpertPlan::validate(const std::string& where) const {
         for (size_t e = 0; e < lp.experts.size(); ++e) check(lp.experts[e], "routed", e);
         for (size_t e = 0; e < lp.shared.size(); ++e) check(lp.shared[e], "shared", e);
     }
-    // Methods that partition: every neuron in exactly one expert.
-    if (method == "random" || method == "cluster" || method == "graph") {
+    // Methods that partition: every neuron in exactly one expert. The gradient split
+    // partitions unless it was asked to share neurons (LLaMA-MoE's share_neurons=False).
+    const bool gradient_partition = method == "gradient" && !json_get_or(params, "share", true, where + ": params");
+    if (method == "random" || method == "cluster" || method == "graph" || gradient_partition) {
+        const std::string kind = gradient_partition ? "'gradient' plan without --share" : fmt::format("'{}' plan", method);
         std::vector<int> owner;
         for (size_t l = 0; l < layers.size(); ++l) {
             size_t listed = 0;
             for (const auto* list : {&layers[l].experts, &layers[l].shared})
                 for (const auto& ids : *list) listed += ids.size();
             if (listed < size_t(intermediate_size))
-                fail("{}: layer {} lists {} neuron ids for {} neurons, so some neuron is in no expert, but a '{}' plan "
-                     "partitions the neurons (each in exactly one expert)", where, l, listed, intermediate_size, method);
+                fail("{}: layer {} lists {} neuron ids for {} neurons, so some neuron is in no expert, but a {} "
+                     "partitions the neurons (each in exactly one expert)", where, l, listed, intermediate_size, kind);
             owner.assign(size_t(intermediate_size), -1);  // no larger than the ids the file lists
             int e = 0;
             for (const auto* list : {&layers[l].experts, &layers[l].shared})
                 for (const auto& ids : *list) {
                     for (int32_t n : ids) {
                         if (owner[size_t(n)] >= 0)
-                            fail("{}: layer {} has neuron {} in experts {} and {}, but a '{}' plan partitions the neurons "
-                                 "(each in exactly one expert)", where, l, n, owner[size_t(n)], e, method);
+                            fail("{}: layer {} has neuron {} in experts {} and {}, but a {} partitions the neurons "
+                                 "(each in exactly one expert)", where, l, n, owner[size_t(n)], e, kind);
                         owner[size_t(n)] = e;
                     }
                     ++e;
                 }
             for (size_t n = 0; n < owner.size(); ++n)
                 if (owner[n] < 0)
-                    fail("{}: layer {} has neuron {} in no expert, but a '{}' plan partitions the neurons "
-                         "(each in exactly one expert)", where, l, n, method);
+                    fail("{}: layer {} has neuron {} in no expert, but a {} partitions the neurons "
+                         "(each in exactly one expert)", where, l, n, kind);
         }
     }
 }
