@@ -192,3 +192,22 @@ TEST(BuildCli, TableJsonAndReport) {
     EXPECT_EQ(c.status, 1);
     EXPECT_NE(c.out.find("output already exists"), std::string::npos) << c.out;
 }
+
+// Without --data, build calibrates on the bundled text when its choices need text
+// (the default fitted router does), as convert does; with choices that need none
+// it reads none.
+TEST(BuildCli, DefaultsToTheBundledCalibrationText) {
+    REQUIRE_REPO_FILE(demo_model_dir() + "/model.safetensors");
+    TempDir t;
+    const std::string base = fmt::format("build --model {} --method random --experts 4 --calib-tokens 256 --ctx 64 --json", demo_model_dir());
+    CliResult c = run_cli(base + fmt::format(" --out {}/fit", t.path));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_NE(c.out.find("calibration text: " + repo_data_file("calib.jsonl") + " (bundled"), std::string::npos) << c.out;
+    const std::string json_text = c.out.substr(c.out.find('{'));
+    const nlohmann::json j = nlohmann::json::parse(json_text);
+    EXPECT_EQ(j["calib_data"], repo_data_file("calib.jsonl")) << json_text;
+    EXPECT_GT(j["calib_tokens"].get<size_t>(), 0u);
+    c = run_cli(base + fmt::format(" --router random --scale auto --out {}/random", t.path));
+    ASSERT_EQ(c.status, 0) << c.out;
+    EXPECT_EQ(c.out.find("calibration text:"), std::string::npos) << c.out;
+}

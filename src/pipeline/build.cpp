@@ -322,6 +322,7 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"active_ffn_fraction", r.active_ffn_fraction},
                         {"refit", o.refit},
                         {"shared_criterion", shared_criterion_name(o.shared_criterion)},
+                        {"calib_data", o.calib_data},
                         {"calib_tokens", r.calib_tokens},
                         {"stages", stages},
                         {"total_seconds", r.total_seconds()},
