@@ -8,4 +8,6 @@ cmake --build build-asan -j"$(nproc)"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0"
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-(cd build-asan && ctest --output-on-failure -j"$(nproc)")
+# -LE package: the package check refuses a binary that names the source tree, which
+# ASan's instrumentation always does (file names of globals); the normal build runs it.
+(cd build-asan && ctest --output-on-failure -j"$(nproc)" -LE package)
