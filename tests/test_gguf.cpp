@@ -5,6 +5,8 @@
 // converted to mixtral / deepseek / llama-moe (f32), or within the dtype's rounding.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -703,4 +705,33 @@ TEST(GgufReader, HostileMoefyPlanIsAnErrorNamingTheFile) {
         EXPECT_NE(r.out.find("moefy: error: " + path + c.message), std::string::npos) << c.name << ": " << r.out;
         EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << c.name << ": one line: " << r.out;
     }
+}
+
+// fuzz_gguf finding (a timeout): block_count from the metadata sized the list of
+// expected tensors before any was looked up, so a 16 KB file with block_count
+// 2^31-1 spent minutes building names. The walk now stops at the first tensor
+// the file lacks: the work is bounded by the file.
+TEST(GgufReader, HugeCountsInTheMetadataFailFast) {
+    TempDir tmp;
+    const Checkpoint ck = Checkpoint::open(demo_model_dir());
+    const std::string dense = tmp.path + "/dense.gguf";
+    ConvertOptions o;
+    o.format = MoEFormat::Gguf;
+    convert_to_gguf(ck, nullptr, dense, o, GgufOptions{});
+    const GgufFile f = open_gguf(dense);
+    std::vector<GgufKV> kv = f.kv();
+    for (GgufKV& e : kv)
+        if (e.key == "llama.block_count") e.value = GgufValue::u32(0x7fffffffu);
+    std::vector<GgufTensorSpec> specs;
+    for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
+    const std::string path = tmp.path + "/deep.gguf";
+    write_gguf(path, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        (void)Checkpoint::open(path);
+        FAIL() << "opened";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("tensor 'blk.6.attn_norm.weight' not found"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }

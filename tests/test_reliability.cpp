@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "common/error.h"
 #include "common/warn.h"
 #include "data/documents.h"
@@ -16,6 +18,8 @@
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "test_util.h"
+#include "model/config.h"
+#include "tokenizer/sp_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -232,4 +236,45 @@ TEST(Warnings, NonFiniteWeightsAreNamed) {
     ASSERT_EQ(got.size(), 2u);
     EXPECT_EQ(got[0], path + ": tensor 'bad.bf16' holds 2 NaN/Inf value(s) (first at element 1)");
     EXPECT_EQ(got[1], path + ": tensor 'bad.f16' holds 1 NaN/Inf value(s) (first at element 0)");
+}
+
+// fuzz_sentencepiece finding: a piece holding a NUL byte makes libsentencepiece's
+// trie builder throw its own exception (Darts), which escaped as a crash. The
+// fuzzer's 33-byte input, as bytes.
+TEST(ThirdPartyExceptions, SentencePieceModelWithANulPieceIsAnErrorNamingTheFile) {
+    TempDir tmp;
+    const unsigned char model[] = {0x0a, 0x0e, 0x0a, 0x05, 0x3c, 0x75, 0x6e, 0x6b, 0x3e, 0x15, 0x00, 0x00, 0x00, 0x00, 0x18, 0x02, 0x0a,
+                                   0x0f, 0x0a, 0x06, 0x00, 0x21, 0x78, 0x30, 0x32, 0x3e, 0x15, 0x00, 0x00, 0x06, 0x3c, 0x30, 0x00};
+    const std::string path = tmp.path + "/tokenizer.model";
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(model), sizeof model);
+    try {
+        (void)load_sentencepiece(path, TokenizerSettings{});
+        FAIL() << "loaded";
+    } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()).rfind(path + ": cannot load SentencePiece model: ", 0), 0u) << e.what();
+    }
+}
+
+// Per-layer tables are sized from config.json before any tensor is seen: the
+// counts that size them are capped, so a tiny file cannot ask for gigabytes.
+TEST(JsonLimits, LayerAndExpertCountsAreCappedBeforeTablesAreSized) {
+    nlohmann::json j = {{"architectures", {"MixtralForCausalLM"}}, {"model_type", "mixtral"}, {"vocab_size", 32},
+                        {"hidden_size", 16}, {"intermediate_size", 8}, {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4}, {"num_local_experts", 4}, {"num_experts_per_tok", 2}};
+    EXPECT_EQ(ModelConfig::parse(j, "c.json").moe.expert_widths.size(), 2u);
+    auto err = [&](const nlohmann::json& c) {
+        try {
+            (void)ModelConfig::parse(c, "c.json");
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("(no error)");
+    };
+    nlohmann::json deep = j;
+    deep["num_hidden_layers"] = 1 << 20;
+    EXPECT_EQ(err(deep), "c.json: field 'num_hidden_layers' is 1048576, more than the 65536 layers moefy supports");
+    nlohmann::json wide = j;
+    wide["num_hidden_layers"] = 60000, wide["num_local_experts"] = 1 << 20, wide["intermediate_size"] = 1;
+    EXPECT_EQ(err(wide), "c.json: 60000 layers x 1048576 experts ('num_local_experts') is more than the 4194304 expert slots "
+                         "moefy supports");
 }

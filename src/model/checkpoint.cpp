@@ -28,11 +28,11 @@ long layer_of(const std::string& name) {
 // that opens is one the engine and the converter can use.
 void check_tensors(const ModelConfig& c, const TensorStore& store, const std::string& dir) {
     std::set<std::string> known;
-    for (const ExpectedTensor& e : expected_tensors(c)) {
+    for_each_expected_tensor(c, [&](const ExpectedTensor& e) {  // store.get throws at the first missing tensor
         known.insert(e.name);
-        if (e.optional && !store.find(e.name)) continue;
+        if (e.optional && !store.find(e.name)) return;
         if (e.check_shape) store.get(e.name, e.shape);
-    }
+    });
     // Tensors the architecture does not name: a layer beyond num_hidden_layers means the
     // config and the weights disagree (refused); anything else is copied through by
     // convert, which the user should know about.

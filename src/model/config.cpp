@@ -26,11 +26,22 @@ namespace {
 
 // Every size moefy reads from a config fits int with room for products in int64.
 constexpr int64_t kMaxSize = int64_t(1) << 30;
+// Per-layer tables (expert widths, scales) are sized from these before any tensor is
+// seen, so they are capped: far above any published model (DeepSeek-V3: 61 layers x 256
+// experts), far below what would let a 100-byte config.json ask for gigabytes.
+constexpr int64_t kMaxLayers = int64_t(1) << 16;
+constexpr int64_t kMaxExpertSlots = int64_t(1) << 22;  // layers x experts
 
 int checked_product(int a, int b, const char* what, const std::string& where) {
     const int64_t p = int64_t(a) * int64_t(b);
     if (p > kMaxSize) fail("{}: {} = {} x {} is larger than {}", where, what, a, b, kMaxSize);
     return int(p);
+}
+
+void check_expert_slots(int64_t layers, int64_t experts, const char* field, const std::string& where) {
+    if (layers * experts > kMaxExpertSlots)
+        fail("{}: {} layers x {} experts ('{}') is more than the {} expert slots moefy supports", where, layers, experts, field,
+             kMaxExpertSlots);
 }
 
 // Field readers that name the file and the field when something is wrong.
@@ -146,6 +157,8 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
     c.vocab_size = r.get_positive("vocab_size");
     c.hidden_size = r.get_positive("hidden_size");
     c.num_layers = r.get_positive("num_hidden_layers");
+    if (c.num_layers > kMaxLayers)
+        fail("{}: field 'num_hidden_layers' is {}, more than the {} layers moefy supports", where, c.num_layers, kMaxLayers);
     c.num_heads = r.get_positive("num_attention_heads");
     c.num_kv_heads = r.has("num_key_value_heads") ? r.get_positive("num_key_value_heads") : c.num_heads;
     if (c.num_heads % c.num_kv_heads != 0)
@@ -195,6 +208,7 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
         case ModelKind::LlamaMoEResidual: {
             c.intermediate_size = r.get_positive("intermediate_size");
             m.num_experts = r.get_positive("num_experts");
+            check_expert_slots(L, m.num_experts, "num_experts", where);
             m.top_k = r.get_positive("num_selects");
             m.expert_widths = r.get_table("size_experts", L, m.num_experts);
             m.gate_network = r.get_str("gate_network", "mlp");
@@ -216,6 +230,7 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
         }
         case ModelKind::Mixtral: {
             m.num_experts = r.get_positive("num_local_experts");
+            check_expert_slots(L, m.num_experts, "num_local_experts", where);
             m.top_k = r.get_positive("num_experts_per_tok");
             int w = r.get_positive("intermediate_size");
             c.intermediate_size = checked_product(w, m.num_experts, "intermediate_size x num_local_experts", where);
@@ -228,6 +243,7 @@ ModelConfig ModelConfig::parse(const json& j, const std::string& where) {
         }
         case ModelKind::Deepseek: {
             m.num_experts = r.get_positive("n_routed_experts");
+            check_expert_slots(L, m.num_experts, "n_routed_experts", where);
             m.top_k = r.get_positive("num_experts_per_tok");
             int w = r.get_positive("moe_intermediate_size");
             if (r.get_int("first_k_dense_replace", 0) != 0 || r.get_int("moe_layer_freq", 1) != 1)

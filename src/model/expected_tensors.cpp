@@ -10,9 +10,8 @@
 
 namespace moefy {
 
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
-    std::vector<ExpectedTensor> t;
-    auto add = [&](std::string name, std::vector<int64_t> shape) { t.push_back({std::move(name), std::move(shape)}); };
+void for_each_expected_tensor(const ModelConfig& c, const ExpectedTensorVisitor& visit) {
+    auto add = [&](std::string name, std::vector<int64_t> shape) { visit({std::move(name), std::move(shape)}); };
     auto add_ffn = [&](std::string gate, std::string up, std::string down, int64_t w, int64_t H) {
         add(std::move(gate), {w, H});
         add(std::move(up), {w, H});
@@ -24,7 +23,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
     const int64_t E = m.num_experts;
     add(names::embed(), {V, H});
     add(names::final_norm(), {H});
-    t.push_back({names::lm_head(), {V, H}, c.tie_word_embeddings});
+    visit({names::lm_head(), {V, H}, c.tie_word_embeddings});
     for (int l = 0; l < c.num_layers; ++l) {
         add(names::attn(l, "q"), {Q, H});
         add(names::attn(l, "k"), {KV, H});
@@ -54,7 +53,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
                     add_ffn(names::llama_moe_residual_expert(l, "gate", r), names::llama_moe_residual_expert(l, "up", r),
                             names::llama_moe_residual_expert(l, "down", r), width(m.shared_widths, r), H);
                 if (m.num_shared > 0) add(names::llama_moe_residual_gate(l), {m.num_shared, H});
-                t.push_back({names::llama_moe_noise(l, pre), {}, true, false});
+                visit({names::llama_moe_noise(l, pre), {}, true, false});
                 break;
             }
             case ModelKind::Mixtral:
@@ -74,12 +73,10 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
                 break;
         }
     }
-    return t;
 }
 
-std::vector<ExpectedTensor> expected_gguf_tensors(const GgufShape& s) {
-    std::vector<ExpectedTensor> t;
-    auto add = [&](std::string name, std::vector<int64_t> ne) { t.push_back({std::move(name), std::move(ne)}); };
+void for_each_expected_gguf_tensor(const GgufShape& s, const ExpectedTensorVisitor& visit) {
+    auto add = [&](std::string name, std::vector<int64_t> ne) { visit({std::move(name), std::move(ne)}); };
     const int64_t H = s.hidden, E = s.experts;
     add("token_embd.weight", {H, s.vocab});
     for (int64_t l = 0; l < s.layers; ++l) {
@@ -110,6 +107,17 @@ std::vector<ExpectedTensor> expected_gguf_tensors(const GgufShape& s) {
     add("output_norm.weight", {H});
     if (s.has_output) add("output.weight", {H, s.vocab});
     if (s.rope_freqs > 0) add("rope_freqs.weight", {s.rope_freqs});
+}
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+    std::vector<ExpectedTensor> t;
+    for_each_expected_tensor(c, [&](ExpectedTensor e) { t.push_back(std::move(e)); });
+    return t;
+}
+
+std::vector<ExpectedTensor> expected_gguf_tensors(const GgufShape& s) {
+    std::vector<ExpectedTensor> t;
+    for_each_expected_gguf_tensor(s, [&](ExpectedTensor e) { t.push_back(std::move(e)); });
     return t;
 }
 

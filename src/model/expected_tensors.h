@@ -4,6 +4,7 @@
 // layout (safetensors and GGUF) and the tests all read it, so the set of
 // tensors an architecture has is written once.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,13 @@ struct ExpectedTensor {
 // norm, lm_head, then each layer (attention, norms, FFN or experts and routers).
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c);
 
+// The same, one tensor at a time. Readers check a file with these: a visitor
+// that throws at the first tensor the file lacks stops the walk, so the work is
+// bounded by the file, not by counts in its metadata (a hostile block_count or
+// expert count would otherwise make the full list itself the problem).
+using ExpectedTensorVisitor = std::function<void(ExpectedTensor)>;
+void for_each_expected_tensor(const ModelConfig& c, const ExpectedTensorVisitor& visit);
+
 // What a GGUF file of llama.cpp's `llama` / `deepseek` architecture holds.
 struct GgufShape {
     bool deepseek = false;  // arch "deepseek" (routed + shared experts), else "llama" (dense or mixtral-style)
@@ -36,6 +44,7 @@ struct GgufShape {
 
 // The GGUF tensors of `s`, ne in GGUF order (ne[0] innermost), in llama.cpp's order.
 std::vector<ExpectedTensor> expected_gguf_tensors(const GgufShape& s);
+void for_each_expected_gguf_tensor(const GgufShape& s, const ExpectedTensorVisitor& visit);
 
 // Throws "<where>: <what> ..." unless `have` (name, shape) is exactly `expected`:
 // every required tensor present with its shape, optional ones with theirs, no

@@ -227,15 +227,14 @@ Checkpoint open_gguf_checkpoint(const std::string& path) {
     gs.ffn = n_ff, gs.experts = E, gs.expert_width = w, gs.shared_width = shared_w;
     gs.has_output = g.find_tensor("output.weight") != nullptr;
     gs.rope_freqs = g.find_tensor("rope_freqs.weight") ? D / 2 : 0;
-    const std::vector<ExpectedTensor> expected = expected_gguf_tensors(gs);
     std::set<std::string> known;
-    for (const ExpectedTensor& e : expected) {
+    for_each_expected_gguf_tensor(gs, [&](const ExpectedTensor& e) {  // g.tensor throws at the first missing tensor
         known.insert(e.name);
         const GgufTensorInfo& t = g.tensor(e.name);
         if (t.ne != e.shape)
             fail("{}: tensor '{}' has ne {{{}}}, expected {{{}}} from the metadata", path, t.name, fmt::join(t.ne, ", "),
                  fmt::join(e.shape, ", "));
-    }
+    });
     for (const GgufTensorInfo& t : g.tensors())
         if (!known.count(t.name)) warn("{}: tensor '{}' is not part of llama.cpp's {} layout (ignored)", path, t.name, arch);
 

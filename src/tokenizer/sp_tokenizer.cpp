@@ -1,5 +1,7 @@
 #include "tokenizer/sp_tokenizer.h"
 
+#include <exception>
+
 #include <sentencepiece_processor.h>
 
 #include "common/error.h"
@@ -14,7 +16,14 @@ public:
     // proto: the model's bytes, or nullptr to load the file `path`.
     SentencePieceTokenizer(const std::string& path, const TokenizerSettings& settings, const std::string* proto = nullptr)
         : path_(path) {
-        const auto status = proto ? sp_.LoadFromSerializedProto(*proto) : sp_.Load(path);
+        // libsentencepiece reports most defects by status but throws for some (a piece with a NUL
+        // byte reaches its trie builder, which throws Darts' exception: fuzz_sentencepiece finding).
+        sentencepiece::util::Status status;
+        try {
+            status = proto ? sp_.LoadFromSerializedProto(*proto) : sp_.Load(path);
+        } catch (const std::exception& e) {
+            fail("{}: cannot load SentencePiece model: {}", path, e.what());
+        }
         if (!status.ok()) fail("{}: cannot load SentencePiece model: {}", path, status.ToString());
         vocab_ = sp_.GetPieceSize();
         bos_ = resolve(settings.bos_token, settings.bos_id, sp_.bos_id());
