@@ -26,15 +26,6 @@ namespace {
 std::string data_file(const char* name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
 
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "no error";
-}
-
 }  // namespace
 
 TEST(BuildPlan, ActiveFfnFraction) {

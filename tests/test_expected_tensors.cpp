@@ -30,15 +30,6 @@ TensorList on_disk(const TensorStore& ts) {
     return l;
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
-
 // Half the neurons of every layer shared, the rest in 4 routed experts.
 ExpertPlan with_shared(ExpertPlan p) {
     for (LayerPlan& lp : p.layers) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -668,26 +669,39 @@ TEST(GgufCli, ConvertInspectEvalGenerateAndBuild) {
     EXPECT_TRUE(is_gguf_file(t + "/b.gguf"));
 }
 
+namespace {
+
+// The demo model as a dense GGUF file, and a copy of it with other metadata (same tensors).
+struct DemoGguf {
+    TempDir tmp;
+    std::string path = tmp.path + "/dense.gguf";
+    DemoGguf() {
+        ConvertOptions o;
+        o.format = MoEFormat::Gguf;
+        convert_to_gguf(Checkpoint::open(demo_model_dir()), nullptr, path, o, GgufOptions{});
+    }
+    std::string with_kv(const std::string& name, const std::function<void(std::vector<GgufKV>&)>& edit) const {
+        const GgufFile f = open_gguf(path);
+        std::vector<GgufKV> kv = f.kv();
+        edit(kv);
+        std::vector<GgufTensorSpec> specs;
+        for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
+        const std::string out = tmp.path + "/" + name;
+        write_gguf(out, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
+        return out;
+    }
+};
+
+}  // namespace
+
 // moefy.plan and moefy.rope_scaling are JSON strings inside a GGUF anyone may
 // have written: parsed with the depth cap, checked field by field, and every
 // problem is one error naming the file (was: an escaped JSON exception, and a
 // deep plan recursed without bound).
 TEST(GgufReader, HostileMoefyPlanIsAnErrorNamingTheFile) {
-    TempDir tmp;
-    const Checkpoint ck = Checkpoint::open(demo_model_dir());
-    const std::string dense = tmp.path + "/dense.gguf";
-    ConvertOptions o;
-    o.format = MoEFormat::Gguf;
-    convert_to_gguf(ck, nullptr, dense, o, GgufOptions{});
-    const GgufFile f = open_gguf(dense);
+    const DemoGguf demo;
     auto with_plan = [&](const std::string& name, const std::string& plan) {
-        std::vector<GgufKV> kv = f.kv();
-        kv.push_back({"moefy.plan", GgufValue::str(plan)});
-        std::vector<GgufTensorSpec> specs;
-        for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
-        const std::string path = tmp.path + "/" + name;
-        write_gguf(path, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
-        return path;
+        return demo.with_kv(name, [&](std::vector<GgufKV>& kv) { kv.push_back({"moefy.plan", GgufValue::str(plan)}); });
     };
     const std::string ok = with_plan("ok.gguf", R"({"method": "random", "padded_neurons": 0})");
     EXPECT_EQ(run_cli("inspect " + ok).status, 0);
@@ -712,20 +726,11 @@ TEST(GgufReader, HostileMoefyPlanIsAnErrorNamingTheFile) {
 // 2^31-1 spent minutes building names. The walk now stops at the first tensor
 // the file lacks: the work is bounded by the file.
 TEST(GgufReader, HugeCountsInTheMetadataFailFast) {
-    TempDir tmp;
-    const Checkpoint ck = Checkpoint::open(demo_model_dir());
-    const std::string dense = tmp.path + "/dense.gguf";
-    ConvertOptions o;
-    o.format = MoEFormat::Gguf;
-    convert_to_gguf(ck, nullptr, dense, o, GgufOptions{});
-    const GgufFile f = open_gguf(dense);
-    std::vector<GgufKV> kv = f.kv();
-    for (GgufKV& e : kv)
-        if (e.key == "llama.block_count") e.value = GgufValue::u32(0x7fffffffu);
-    std::vector<GgufTensorSpec> specs;
-    for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
-    const std::string path = tmp.path + "/deep.gguf";
-    write_gguf(path, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
+    const DemoGguf demo;
+    const std::string path = demo.with_kv("deep.gguf", [](std::vector<GgufKV>& kv) {
+        for (GgufKV& e : kv)
+            if (e.key == "llama.block_count") e.value = GgufValue::u32(0x7fffffffu);
+    });
     const auto t0 = std::chrono::steady_clock::now();
     try {
         (void)Checkpoint::open(path);

@@ -46,15 +46,6 @@ void expect_same_split(const ExpertPlan& a, const ExpertPlan& b, const std::stri
     }
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
-
 std::string bytes(std::initializer_list<int> b) {
     std::string s;
     for (int c : b) s.push_back(char(c));

@@ -24,15 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "no error";
-}
-
 // Mean |h| per neuron of every layer over windows, by an independent observer.
 struct MassObserver : FfnObserver {
     std::vector<std::vector<double>> sum;

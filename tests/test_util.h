@@ -5,9 +5,12 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
+
+#include "common/error.h"
 
 struct TempDir {
     std::string path;
@@ -32,6 +35,16 @@ inline std::string shared_path(const std::string& rel) { return std::string(MOEF
 inline bool shared_exists(const std::string& rel) { return std::filesystem::exists(shared_path(rel)); }
 
 // The demo model bundled with the repository.
+// The message of the moefy::Error that `f` throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const moefy::Error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
 inline std::string demo_model_dir() { return std::string(MOEFY_SOURCE_DIR) + "/models/tinyllama-demo"; }
 inline std::string repo_data_file(const std::string& name) { return std::string(MOEFY_SOURCE_DIR) + "/data/" + name; }
 
