@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/error.h"
 #include "convert/gguf.h"
@@ -216,8 +217,8 @@ convert::Layout pick_layout(const Context& c) {
 // source tensors outside the dense architecture are copied through and left out.
 void check_layout_tensors(const Checkpoint& dense, const json& config, const std::vector<OutTensor>& outs,
                           const std::string& layout) {
-    std::unordered_map<std::string, bool> dense_names;
-    for (const ExpectedTensor& e : expected_tensors(dense.config)) dense_names.emplace(e.name, true);
+    std::unordered_set<std::string> dense_names;
+    for (const ExpectedTensor& e : expected_tensors(dense.config)) dense_names.insert(e.name);
     std::vector<std::pair<std::string, std::vector<int64_t>>> have;
     for (const OutTensor& t : outs)
         if (t.op != Op::Copy || dense_names.count(t.spec.name)) have.emplace_back(t.spec.name, t.spec.shape);

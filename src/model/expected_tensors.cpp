@@ -1,6 +1,7 @@
 #include "model/expected_tensors.h"
 
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -125,11 +126,11 @@ void check_tensor_list(const std::vector<ExpectedTensor>& expected,
                        const std::vector<std::pair<std::string, std::vector<int64_t>>>& have, const std::string& where) {
     std::map<std::string, const ExpectedTensor*> want;
     for (const ExpectedTensor& e : expected) want[e.name] = &e;
-    std::map<std::string, bool> seen;
+    std::set<std::string> seen;
     for (const auto& [name, shape] : have) {
         auto it = want.find(name);
         if (it == want.end()) fail("{}: tensor '{}' is not part of the architecture", where, name);
-        if (!seen.emplace(name, true).second) fail("{}: tensor '{}' appears twice", where, name);
+        if (!seen.insert(name).second) fail("{}: tensor '{}' appears twice", where, name);
         if (it->second->check_shape && shape != it->second->shape)
             fail("{}: tensor '{}' has shape [{}], the architecture says [{}]", where, name, fmt::join(shape, ", "),
                  fmt::join(it->second->shape, ", "));
