@@ -110,4 +110,9 @@ size_t predicted_tokens(const std::vector<TokenWindow>& windows) {
     return n;
 }
 
+std::vector<TokenWindow> read_windows(const std::string& path, const std::string& text_field, const Tokenizer& tok, int ctx,
+                                      size_t max_tokens) {
+    return make_windows(read_documents(path, text_field), tok, {ctx, max_tokens, true});
+}
+
 }  // namespace moefy

@@ -30,6 +30,10 @@ struct WindowOptions {
 // first token is its context start; windows shorter than 2 tokens are dropped.
 std::vector<TokenWindow> make_windows(const std::vector<std::string>& docs, const Tokenizer& tok, const WindowOptions& opt);
 
+// read_documents + make_windows (BOS first): the windows of a text file.
+std::vector<TokenWindow> read_windows(const std::string& path, const std::string& text_field, const Tokenizer& tok, int ctx,
+                                      size_t max_tokens);
+
 // Number of predicted tokens in a set of windows: sum of (size - 1).
 size_t predicted_tokens(const std::vector<TokenWindow>& windows);
 

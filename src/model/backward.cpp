@@ -16,6 +16,7 @@
 #include "model/matmul.h"
 #include "model/decoder_layer.h"
 #include "model/matmul_t.h"
+#include "model/moe_ffn.h"
 #include "model/parallel.h"
 
 namespace moefy {
@@ -75,6 +76,8 @@ struct Backprop::Impl {
     std::vector<float> stats;        // [2, T, heads] attention log-sum-exp and Σ P ⊙ dP
     std::vector<float> logits;       // [rows, V] a chunk of logits, then their gradient
     std::vector<double> nll;         // [T-1]
+    MoEScratch moe;                  // MoE layers' forward
+    MoEBackwardScratch moe_back;     // and backward
 
     LayerActs layer(const Dims& d, size_t T, size_t set) {
         float* p = acts.data() + set * d.layer_acts(T);
@@ -89,11 +92,7 @@ struct Backprop::Impl {
     }
 };
 
-Backprop::Backprop(const Model& model, BackwardOptions opt) : model_(model), opt_(opt), impl_(std::make_unique<Impl>()) {
-    const ModelConfig& c = model.config();
-    if (c.is_moe())
-        fail("backward: the model is {} (MoE); the backward pass runs on dense LLaMA models", model_kind_name(c.kind));
-}
+Backprop::Backprop(const Model& model, BackwardOptions opt) : model_(model), opt_(opt), impl_(std::make_unique<Impl>()) {}
 
 Backprop::~Backprop() = default;
 
@@ -128,26 +127,42 @@ void forward_layer(const Model& m, int l, const float* x_in, int T, float* x_out
     const ModelConfig& c = m.config();
     std::memcpy(x_out, x_in, size_t(T) * size_t(c.hidden_size) * sizeof(float));
     const LayerKV kv{a.k, a.v, a.k, a.v, T, 0};
-    const LayerBuffers buf{w.xn.data(), a.q, w.att.data(), a.g, a.u, w.h.data(), nullptr, a.x_mid};
+    const LayerBuffers buf{w.xn.data(), a.q, w.att.data(), a.g, a.u, w.h.data(), &w.moe, a.x_mid};
     decoder_layer_forward(c, l, m.layer(l), m.rope_freqs(), x_out, T, 0, kv, buf, {});
 }
 
 // dx: ∂L/∂(output of layer l) on entry, ∂L/∂(its input x_in) on return.
 void backward_layer(const Model& m, int l, const float* x_in, int T, const LayerActs& a, BackwardObserver* obs,
-                    Backprop::Impl& w) {
+                    ParamGrads* params, Backprop::Impl& w) {
     const ModelConfig& c = m.config();
     const LayerWeights& L = m.layer(l);
-    const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D, I = L.ffn.width();
+    const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
     float* dx = w.dx.data();
+    auto grad_of = [&](const WeightRef& W) { return params ? params->grad_of(W) : nullptr; };
 
-    // FFN: x_out = x_mid + h·W_dᵀ, h = silu(g) ⊙ u, g/u = RMSNorm_post(x_mid)·W_{g,u}ᵀ
-    matmul_t(dx, T, L.ffn.down, w.dh.data());  // dh: [T, I]
-    const bool want = obs && obs->wants(l);
-    layers::swiglu_backward(a.g, a.u, w.dh.data(), size_t(T) * size_t(I), w.dg.data(), w.du.data(),
-                            want ? w.h.data() : nullptr);
-    if (want) obs->on_ffn_grads(FfnGrads{l, T, I, w.h.data(), w.dh.data(), a.g, w.dg.data()});
-    matmul_t(w.dg.data(), T, L.ffn.gate, w.dxn.data());
-    matmul_t(w.du.data(), T, L.ffn.up, w.dxn.data(), /*accumulate=*/true);
+    if (L.is_moe) {
+        // FFN: x_out = x_mid + MoE(xf), xf = RMSNorm_post(x_mid); the MoE block's own backward
+        layers::rmsnorm(a.x_mid, L.post_norm.data(), T, H, c.rms_norm_eps, w.xn.data());
+        std::fill(w.dxn.begin(), w.dxn.begin() + ptrdiff_t(size_t(T) * size_t(H)), 0.0f);
+        moe_ffn_backward(c, l, L.moe, w.xn.data(), T, dx, w.dxn.data(), params, w.moe_back);
+    } else {
+        // FFN: x_out = x_mid + h·W_dᵀ, h = silu(g) ⊙ u, g/u = RMSNorm_post(x_mid)·W_{g,u}ᵀ
+        const int I = L.ffn.width();
+        matmul_t(dx, T, L.ffn.down, w.dh.data());  // dh: [T, I]
+        const bool want = obs && obs->wants(l);
+        float* dWd = grad_of(L.ffn.down);
+        layers::swiglu_backward(a.g, a.u, w.dh.data(), size_t(T) * size_t(I), w.dg.data(), w.du.data(),
+                                want || dWd ? w.h.data() : nullptr);
+        if (want) obs->on_ffn_grads(FfnGrads{l, T, I, w.h.data(), w.dh.data(), a.g, w.dg.data()});
+        if (dWd) layers::add_weight_grad(dWd, dx, w.h.data(), T, H, I);
+        if (float* dW = grad_of(L.ffn.gate) ; dW || grad_of(L.ffn.up)) {
+            layers::rmsnorm(a.x_mid, L.post_norm.data(), T, H, c.rms_norm_eps, w.xn.data());  // xf
+            if (dW) layers::add_weight_grad(dW, w.dg.data(), w.xn.data(), T, I, H);
+            if (float* dWu = grad_of(L.ffn.up)) layers::add_weight_grad(dWu, w.du.data(), w.xn.data(), T, I, H);
+        }
+        matmul_t(w.dg.data(), T, L.ffn.gate, w.dxn.data());
+        matmul_t(w.du.data(), T, L.ffn.up, w.dxn.data(), /*accumulate=*/true);
+    }
     layers::rmsnorm_backward(a.x_mid, L.post_norm.data(), T, H, c.rms_norm_eps, w.dxn.data(), dx, /*accumulate=*/true);
 
     // Attention: x_mid = x_in + Attn(RoPE(xa·W_qᵀ), RoPE(xa·W_kᵀ), xa·W_vᵀ)·W_oᵀ, xa = RMSNorm_in(x_in)
@@ -206,7 +221,7 @@ double loss_backward(const Model& m, const int32_t* tokens, int T, const float* 
 
 }  // namespace
 
-double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position) {
+double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position, ParamGrads* params) {
     const ModelConfig& c = model_.config();
     if (T < 2) fail("backward: a window needs at least 2 tokens (one prediction), got {}", T);
     if (c.max_position_embeddings > 0 && T > c.max_position_embeddings)
@@ -233,7 +248,7 @@ double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float*
         const LayerActs a = w.layer(d, t, store ? l : 0);
         // Recompute mode: the last layer's activations are still in the one set.
         if (!store && l + 1 < d.L) forward_layer(model_, int(l), xs(l), T, xs(l + 1), a, w);
-        backward_layer(model_, int(l), xs(l), T, a, obs, w);
+        backward_layer(model_, int(l), xs(l), T, a, obs, params, w);
     }
     return nll;
 }

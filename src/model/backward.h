@@ -1,6 +1,6 @@
 #pragma once
-// Backward pass of a dense LLaMA to the FFN activations (no weight gradients):
-// the gradient of the mean next-token NLL of one token window,
+// Backward pass of a LLaMA (dense or MoE) to the FFN activations and, on
+// request, to weights: the gradient of the mean next-token NLL of one token window,
 //   L = 1/(T-1) · Σ_{t<T-1} -log p(tokens[t+1] | tokens[..t]),
 // with respect to every layer's FFN hidden activation h = silu(g) ⊙ u and gate
 // pre-activation g = xf·W_gᵀ (the quantities LLaMA-MoE's gradient split scores,
@@ -16,6 +16,11 @@
 //   attention: datt = dx·W_o;  softmax·V and QKᵀ backward per head (GQA: the
 //             group's heads add into their kv head);  RoPE⁻¹ on dq, dk;
 //             dx += RMSNorm_in'ᵀ (dq·W_q + dk·W_k + dv·W_v)
+//   MoE FFN:  the backward of model/moe_ffn.h (moe_ffn_backward): the model's own
+//             routing, gradients through the combine weights into the router logits.
+// Weight gradients (ParamGrads): dW_d += dyᵀ·h, dW_g += dgᵀ·xf, dW_u += duᵀ·xf,
+// routers dW_r += dlogitsᵀ·xf, for the weights the caller asks for; attention,
+// norm and embedding weights get none (healing trains routers and experts).
 // The forward is the engine's decoder-layer forward (model/decoder_layer.h);
 // products go through matmul / matmul_t, whose blocks do not depend on the
 // thread count: results are bitwise reproducible.
@@ -53,6 +58,15 @@ struct FfnGrads {
     const float* dg = nullptr;  // [T, I] ∂L/∂g
 };
 
+// Where weight gradients go: for every weight W the backward meets (by its
+// data pointer) it adds ∂L/∂W into grad_of(W), an f32 buffer of W's [rows, cols],
+// or skips W when grad_of returns null.
+struct ParamGrads {
+    virtual ~ParamGrads() = default;
+    virtual float* grad_of(const WeightRef& w) = 0;
+};
+
+// FFN activations are handed out for dense layers only (MoE layers: none).
 struct BackwardObserver {
     virtual ~BackwardObserver() = default;
     // Only layers that return true are handed out (h is not formed for the others).
@@ -90,7 +104,9 @@ public:
     // max_position_embeddings). Returns Σ NLL over the T-1 predictions (natural
     // log); the gradients handed to `obs` are those of the mean, Σ / (T-1).
     // per_position: optional [T-1] output of the single NLL terms.
-    double run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position = nullptr);
+    // params: optional weight gradients, added to (the caller zeroes them).
+    double run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position = nullptr,
+               ParamGrads* params = nullptr);
 
     // Whether a window of T tokens keeps every layer's activations (else recomputes).
     bool stores_all(int T) const;
@@ -120,6 +136,9 @@ void rope_backward(float* dx, int T, int ld, int heads, int d, int pos0, const s
 // SwiGLU h = silu(g) ⊙ u:  dg = dh ⊙ u ⊙ σ(g)(1 + g(1 - σ(g))),  du = dh ⊙ silu(g).
 // g, u, dh, dg, du: [n], du may alias dh. h (optional, may be null): silu(g) ⊙ u as the forward computes it.
 void swiglu_backward(const float* g, const float* u, const float* dh, size_t n, float* dg, float* du, float* h);
+
+// The weight gradient of y = x·Wᵀ: dW[N, K] += dyᵀ·x over n rows, dy: [n, N], x: [n, K].
+void add_weight_grad(float* dW, const float* dy, const float* x, int n, int64_t N, int64_t K);
 
 // Causal (optionally sliding-window) self-attention of T tokens (the forward's
 // layers::attention with S = T and equal query and key positions):

@@ -1,6 +1,8 @@
 // Backward of RMSNorm, RoPE and the SwiGLU activation (model/backward.h).
 #include <cmath>
 
+#include <cblas.h>
+
 #include "model/backward.h"
 #include "model/parallel.h"
 
@@ -45,6 +47,13 @@ void swiglu_backward(const float* g, const float* u, const float* dh, size_t n, 
         du[i] = d * silu;
     }
     }, n > 4096);
+}
+
+void add_weight_grad(float* dW, const float* dy, const float* x, int n, int64_t N, int64_t K) {
+    if (n <= 0) return;
+    // dW[N, K] += dyᵀ[N, n] · x[n, K]; sgemm splits N and K between its threads, never the
+    // sum over n, so the result does not depend on their number.
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(N), int(K), n, 1.0f, dy, int(N), x, int(K), 1.0f, dW, int(K));
 }
 
 }  // namespace moefy::layers

@@ -30,6 +30,26 @@ struct MoEScratch;
 void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const float* xf, int T, float* x_resid,
              const RunHooks& hooks, MoEScratch& s);
 
+// Backward of moe_ffn with the model's own routing (recomputed from xf, as the
+// forward chose it; top-k selection is piecewise constant, so the gradient
+// reaches the router logits only through the combine weights):
+//   dxf[T, H] += ∂L/∂xf, given dy[T, H] = ∂L/∂(the FFN's output);
+//   weight gradients (params, optional) for the router(s), the shared gate and
+//   every expert's gate, up and down projections that params asks for.
+struct ParamGrads;
+struct MoEBackwardScratch;
+void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, const float* xf, int T, const float* dy,
+                      float* dxf, ParamGrads* params, MoEBackwardScratch& s);
+
+// ∂L/∂logits of one token from ∂L/∂w of its k combine weights (route_tokens' backward):
+// r: [E] logits, sel: [k], dw: [k]; dr: [E] is added to.
+void route_weights_backward(const MoEConfig& m, int layer, const float* r, const int32_t* sel, const float* dw, float* dr);
+
+struct MoEBackwardScratch {
+    std::vector<float> logits, router_tmp, w, dw, dlogits, da, xg, dyg, dxg, wt, dwt, g, u, h, dh, dg, du, sw, dsw, dz, ys, col, dcol;
+    std::vector<int32_t> sel, offsets, cursor, rows, slot;
+};
+
 struct MoEScratch {
     std::vector<float> logits, router_tmp, w, xg, g, u, h, y, mass, sw, col;
     std::vector<int32_t> sel;

