@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 
@@ -20,6 +21,7 @@
 #include "pipeline/heal.h"
 #include "split/expert_plan.h"
 #include "split/random_split.h"
+#include "tokenizer/tokenizer.h"
 #include "test_util.h"
 #include "tiny_model.h"
 
@@ -239,4 +241,104 @@ TEST(HealGradients, MatchPyTorchAutogradOnMixtral) {
         ++tensors;
     }
     EXPECT_EQ(tensors, size_t(2 * (1 + 5 * 3)));  // per layer: the router and 5 experts' w1, w2, w3
+}
+
+namespace {
+
+// The demo model cut into 8 random experts, Mixtral layout with random routers, top-2 (no calibration needed).
+std::string demo_moe(const std::string& dir) {
+    const Checkpoint dense = Checkpoint::open(demo_model_dir());
+    ConvertOptions o;
+    o.format = MoEFormat::Mixtral;
+    o.top_k = 2;
+    convert_checkpoint(dense, random_split(dense, 8, 1), dir, o);
+    return dir;
+}
+
+std::vector<TokenWindow> calib_windows(const Checkpoint& ck, size_t tokens) {
+    auto tok = Tokenizer::from_dir(ck.dir);
+    return read_windows(repo_data_file("calib.jsonl"), "", *tok, 128, tokens);
+}
+
+}  // namespace
+
+TEST(Heal, LowersTheHeldOutLossAndWritesTheSameLayout) {
+    TempDir tmp;
+    const Checkpoint moe = Checkpoint::open(demo_moe(tmp.path + "/moe"));
+    const auto windows = calib_windows(moe, 8192);
+    HealOptions h;
+    h.out_dir = tmp.path + "/healed";
+    h.steps = 20;
+    h.accumulate = 2;
+    const HealResult r = heal_checkpoint(moe, windows, h);
+    EXPECT_EQ(r.steps, 20);
+    EXPECT_EQ(r.heldout_windows, windows.size() / 8);
+    EXPECT_LT(r.heldout_nll_after, r.heldout_nll_before - 0.05) << r.heldout_nll_before;
+
+    // The written checkpoint measures what heal reported: the trained tensors as stored (BF16).
+    const Checkpoint healed = Checkpoint::open(h.out_dir);
+    auto model = Model::load(healed);
+    double nll = 0;
+    for (size_t i = 7; i < windows.size(); i += 8) nll += model->nll_sum(windows[i].data(), int(windows[i].size()));
+    EXPECT_NEAR(nll / double(r.heldout_tokens), r.heldout_nll_after, 1e-6);
+
+    // Same tensors, dtypes and shapes; only routers and expert down projections (w2) changed; other files as they were.
+    EXPECT_EQ(healed.tensors->names().size(), moe.tensors->names().size());
+    size_t changed = 0;
+    for (const std::string& n : moe.tensors->names()) {
+        const TensorView& a = moe.tensors->get(n);
+        const TensorView* b = healed.tensors->find(n);
+        ASSERT_NE(b, nullptr) << n;
+        EXPECT_EQ(a.dtype, b->dtype) << n;
+        EXPECT_EQ(a.shape, b->shape) << n;
+        const bool same = std::memcmp(a.data, b->data, a.nbytes) == 0;
+        const bool trained = n.find(".gate.weight") != std::string::npos || n.find(".w2.weight") != std::string::npos;
+        if (!trained) EXPECT_TRUE(same) << n;
+        changed += !same;
+    }
+    EXPECT_EQ(changed, size_t(moe.config.num_layers * (1 + 8)));
+    EXPECT_EQ(read_file(h.out_dir + "/config.json"), read_file(moe.dir + "/config.json"));
+    EXPECT_EQ(read_file(h.out_dir + "/tokenizer.model"), read_file(moe.dir + "/tokenizer.model"));
+
+    // Same bytes on a rerun.
+    h.out_dir = tmp.path + "/again";
+    heal_checkpoint(moe, windows, h);
+    EXPECT_EQ(read_file(tmp.path + "/again/model.safetensors"), read_file(tmp.path + "/healed/model.safetensors"));
+}
+
+TEST(Heal, RefusesWhatItCannotTrainAndWritesNothing) {
+    TempDir tmp;
+    const Checkpoint dense = Checkpoint::open(demo_model_dir());
+    const auto windows = calib_windows(dense, 2048);
+    HealOptions h;
+    h.out_dir = tmp.path + "/out";
+    EXPECT_NE(error_of([&] { heal_checkpoint(dense, windows, h); }).find("is a dense model"), std::string::npos);
+    const Checkpoint moe = Checkpoint::open(demo_moe(tmp.path + "/moe"));
+    EXPECT_NE(error_of([&] { heal_checkpoint(moe, {windows[0]}, h); }).find("at least 2"), std::string::npos);
+    h.steps = 0;
+    EXPECT_NE(error_of([&] { heal_checkpoint(moe, windows, h); }).find("--steps 0"), std::string::npos);
+    EXPECT_FALSE(std::filesystem::exists(h.out_dir));
+    h.steps = 1;
+    h.out_dir = moe.dir;  // exists, no --force
+    EXPECT_NE(error_of([&] { heal_checkpoint(moe, windows, h); }).find("exists"), std::string::npos);
+}
+
+TEST(HealCli, BuildHealsAfterConvertAndReportsIt) {
+    TempDir tmp;
+    const CliResult c = run_cli(fmt::format(
+        "build --model {} --method random --experts 8 --top-k 2 --format mixtral --router random --scale auto --no-refit "
+        "--data {} --calib-tokens 4096 --ctx 128 --heal-steps 8 --out {}/moe --json",
+        demo_model_dir(), repo_data_file("calib.jsonl"), tmp.path));
+    ASSERT_EQ(c.status, 0) << c.out;
+    const nlohmann::json j = nlohmann::json::parse(c.out.substr(c.out.find('{')));
+    EXPECT_EQ(j["heal"]["steps"], 8);
+    EXPECT_LT(j["heal"]["heldout_nll_after"].get<double>(), j["heal"]["heldout_nll_before"].get<double>());
+    EXPECT_TRUE(j["stages"].contains("heal"));
+    const Checkpoint built = Checkpoint::open(tmp.path + "/moe");
+    EXPECT_TRUE(Model::load(built)->config().is_moe());
+    const CliResult g = run_cli(fmt::format("build --model {} --format gguf --method random --heal-steps 2 --data {} --out {}/g",
+                                            demo_model_dir(), repo_data_file("calib.jsonl"), tmp.path));
+    EXPECT_EQ(g.status, 1);
+    EXPECT_NE(g.out.find("--heal-steps with --format gguf"), std::string::npos) << g.out;
+    EXPECT_FALSE(std::filesystem::exists(tmp.path + "/g"));
 }

@@ -1,4 +1,4 @@
-// moefy build --model M --method random|cluster|graph|gradient --experts 8 --top-k 2 [--data calib.jsonl]
+// moefy build --model M --method random|cluster|graph|gradient --experts 8 --top-k 2 [--data calib.jsonl] [--heal-steps N]
 //             [--eval-data eval.jsonl] --format llama-moe|mixtral|deepseek|gguf --out DIR
 //             [--router fit|centroid|random] [--weighting uniform|softmax] [--scale fit|auto|X] [--gate mlp|linear]
 //             [--oracle] [--report report.html] [--json] [--plan plan.json] [--save-plan plan.json] [--force]
@@ -67,6 +67,11 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--budget-shared", o->space.shared, "Shared-expert counts the budget search tries")->delimiter(',')
         ->capture_default_str();
+    cmd->add_option("--heal-steps", b.heal_steps,
+                    "After convert, train routers and expert down projections this many steps on --data (moefy heal)")
+        ->capture_default_str();
+    cmd->add_option("--heal-lr", b.heal_lr, "Healing's peak step size, relative to each tensor's RMS")->capture_default_str();
+    cmd->add_flag("--heal-all-experts", b.heal_all_experts, "Healing also trains the experts' gate and up projections");
     cmd->add_flag("--oracle", b.oracle, "Also evaluate oracle routing (needs --eval-data)");
     cmd->add_option("--report", o->report, "Write a self-contained HTML report here");
     cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");

@@ -45,7 +45,7 @@ ConvertOptions layout_options(const BuildOptions& o) {
 
 bool build_needs_calibration(const BuildOptions& o) {
     return (o.plan_path.empty() && (method_reads_text(o.method) || o.shared > 0)) ||
-           routing_needs_calibration(o.routing, layout_options(o));
+           routing_needs_calibration(o.routing, layout_options(o)) || o.heal_steps > 0;
 }
 
 namespace {
@@ -68,6 +68,11 @@ void check_options(const BuildOptions& o) {
              router_kind_name(o.routing.router), weighting_name(o.routing.weighting), routed_scale_name(o.routing.scale));
     if (std::filesystem::exists(o.out_dir) && !o.force) fail("{}: output already exists (use --force to replace it)", o.out_dir);
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
+    if (o.heal_steps < 0) fail("--heal-steps {}: must be 0 (no healing) or more", o.heal_steps);
+    if (o.heal_steps > 0 && o.calib_data.empty()) fail("--heal-steps needs calibration text (--data FILE)");
+    if (o.heal_steps > 0 && o.format == MoEFormat::Gguf)
+        fail("--heal-steps with --format gguf: heal trains safetensors checkpoints (llama-moe, mixtral, deepseek), "
+             "not GGUF files");
     if (o.plan_path.empty()) {
         check_shared_count(o.shared, o.experts);
         if (o.shared > 0 && o.calib_data.empty())
@@ -263,6 +268,19 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
         r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
     });
 
+    if (o.heal_steps > 0)
+        stage("heal", [&] {
+            const Checkpoint moe = Checkpoint::open(o.out_dir);
+            HealOptions h;
+            h.out_dir = o.out_dir;
+            h.force = true;
+            h.steps = o.heal_steps;
+            h.lr = o.heal_lr;
+            h.all_experts = o.heal_all_experts;
+            h.seed = o.seed;
+            r.heal = heal_checkpoint(moe, calib, h, [&](int step, int steps, double) { report("heal", step, steps); });
+        });
+
     if (!eval.empty())
         stage("eval", [&] {
             Checkpoint moe = Checkpoint::open(o.out_dir);
@@ -322,6 +340,15 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"total_seconds", r.total_seconds()},
                         {"routers", routers},
                         {"plan", {{"method", r.plan.method}, {"params", r.plan.params}, {"widths", widths}, {"shared_widths", shared}}}};
+    if (r.heal)
+        j["heal"] = {{"steps", r.heal->steps},
+                     {"lr", o.heal_lr},
+                     {"all_experts", o.heal_all_experts},
+                     {"trained_params", r.heal->trained_params},
+                     {"heldout_tokens", r.heal->heldout_tokens},
+                     {"heldout_nll_before", r.heal->heldout_nll_before},
+                     {"heldout_nll_after", r.heal->heldout_nll_after},
+                     {"seconds", r.heal->seconds}};
     if (!r.refit.empty()) j["refit_layers"] = refit_layers;
     if (r.budget) j["budget"] = budget_json(*r.budget);
     if (r.eval) {
@@ -351,6 +378,7 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
         if (r.eval->oracle) t.push_back({"oracle ppl", fmt::format("{:.3f}", r.eval->oracle->ppl.perplexity())});
     }
     t.push_back({"refit", r.options.refit ? "yes" : "no"});
+    if (r.heal) t.push_back({"heal steps", std::to_string(r.heal->steps)});
     for (const StageTime& s : r.stages) t.push_back({s.name + " s", fmt::format("{:.1f}", s.seconds)});
     t.push_back({"total s", fmt::format("{:.1f}", r.total_seconds())});
     return t;

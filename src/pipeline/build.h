@@ -24,6 +24,7 @@
 #include "eval/compare.h"
 #include "convert/routing.h"
 #include "pipeline/budget.h"
+#include "pipeline/heal.h"
 #include "route/refit.h"
 #include "split/expert_plan.h"
 #include "split/shared_split.h"
@@ -77,6 +78,10 @@ struct BuildOptions {
     size_t calib_tokens = 32768;  // tokens of calibration text at most
     size_t eval_tokens = 20000;   // predicted tokens of evaluation text at most (0: all)
     bool oracle = false;          // also evaluate oracle routing
+    // heal (pipeline/heal.h) after convert, on the calibration text: steps 0 = off
+    int heal_steps = 0;
+    double heal_lr = 3e-2;        // measured on the demo model (README, "heal")
+    bool heal_all_experts = false;
 };
 
 struct StageTime {
@@ -90,6 +95,7 @@ struct BuildResult {
     ConvertReport convert;
     std::vector<LayerRouterReport> routers;  // [layer] scale, temperature, calibration error and mass
     std::vector<RefitLayerReport> refit;     // [layer] when options.refit
+    std::optional<HealResult> heal;          // when options.heal_steps > 0
     size_t calib_tokens = 0;                 // calibration tokens the routers saw per layer
     double active_ffn_fraction = 0;
     std::optional<ReferenceComparison> eval;  // when eval_data was given
