@@ -47,6 +47,9 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
                     "Shared neurons by activation rate or mass (mean |h|)");
     cmd->add_flag("--refit,!--no-refit", b.refit,
                   "Refit the down projections for the final routing on --data (on when --data is given)");
+    cmd->add_flag("--sequential,!--no-sequential", b.sequential,
+                  "Fit each layer's router, scale and refit on the outputs of the layers before it as converted "
+                  "(on when the routing is fitted on --data)");
     add_layout_options(cmd, b.format, b.top_k, b.gate, b.dtype, b.q8_0);
     cmd->add_option("--data", b.calib_data,
                     "Calibration text (.jsonl or .txt): graph split, fitted routers and scales [default, when one of them needs "

@@ -76,13 +76,22 @@ RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, con
         if (c.scale.mode == RoutedScale::Mode::Fixed) co.scale = c.scale.value;
         return out;
     }
+    return apply_routing_with(plan, c, calib.empty() ? "" : calib_file, co,
+                              [&](const RouterOptions& ro) { return build_routers(dense, plan, ro, calib, progress); });
+}
+
+RoutingResult apply_routing_with(const ExpertPlan& plan, const RoutingChoice& c, const std::string& calib_file,
+                                 ConvertOptions& co, const RouterBuilder& build) {
+    check_routing(c, co);
+    if (left_to_converter(c)) fail("routing: the reference routing is made by the converter, not by a router builder");
+    RoutingResult out;
     // Routers and weights for the layout's semantics (gguf: mixtral's or deepseek's).
     const MoEFormat format = co.format;
     co.format = routing_semantics(format, plan);
-    const RouterBuild rb = build_routers(dense, plan, router_options(c, co), calib, progress);
+    const RouterBuild rb = build(router_options(c, co));
     set_convert_routing(rb, co);
     co.format = format;
-    co.provenance = routing_provenance(c, calib.empty() ? "" : calib_file, rb.calib_tokens);
+    co.provenance = routing_provenance(c, calib_file, rb.calib_tokens);
     out.built = true;
     out.layers = rb.layers;
     out.calib_tokens = rb.calib_tokens;

@@ -5,6 +5,7 @@
 // the output layout. route/ knows nothing of layouts; this is where the two
 // meet, above both.
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,13 @@ struct RoutingResult {
 RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
                             const std::vector<TokenWindow>& calib, const std::string& calib_file, ConvertOptions& co,
                             const RouterProgress& progress = {});
+
+// As apply_routing, with the routers made by `build` from the route/ options
+// (e.g. sequential calibration, route/sequential.h) instead of build_routers.
+// Not for the reference routing (left to the converter): throws.
+using RouterBuilder = std::function<RouterBuild(const RouterOptions&)>;
+RoutingResult apply_routing_with(const ExpertPlan& plan, const RoutingChoice& c, const std::string& calib_file,
+                                 ConvertOptions& co, const RouterBuilder& build);
 
 // What config.json records under "moefy" about routers built here:
 // {"router": {kind, weighting, scale}} plus {"calibration": {file, tokens_per_layer}}

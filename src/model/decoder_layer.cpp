@@ -7,8 +7,8 @@
 
 namespace moefy {
 
-void decoder_layer_forward(const ModelConfig& c, int l, const LayerWeights& L, const std::vector<float>& inv_freq,
-                           float* x, int T, int pos0, const LayerKV& kv, const LayerBuffers& b, const RunHooks& hooks) {
+void attention_block_forward(const ModelConfig& c, const LayerWeights& L, const std::vector<float>& inv_freq, float* x, int T,
+                             int pos0, const LayerKV& kv, const LayerBuffers& b) {
     const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
     const layers::AttnShape shape{c.num_heads, c.num_kv_heads, D, c.sliding_window};
     layers::rmsnorm(x, L.input_norm.data(), T, H, c.rms_norm_eps, b.xn);
@@ -17,6 +17,12 @@ void decoder_layer_forward(const ModelConfig& c, int l, const LayerWeights& L, c
     layers::rope(kv.k_new, T, KVd, c.num_kv_heads, D, pos0, inv_freq);
     layers::attention(shape, b.q, T, pos0, kv.k_all, kv.v_all, kv.S, kv.kpos0, b.att);
     matmul(b.att, T, L.o, x, /*accumulate=*/true);
+}
+
+void decoder_layer_forward(const ModelConfig& c, int l, const LayerWeights& L, const std::vector<float>& inv_freq,
+                           float* x, int T, int pos0, const LayerKV& kv, const LayerBuffers& b, const RunHooks& hooks) {
+    const int H = c.hidden_size;
+    attention_block_forward(c, L, inv_freq, x, T, pos0, kv, b);
     if (b.x_mid) std::copy_n(x, size_t(T) * size_t(H), b.x_mid);
 
     layers::rmsnorm(x, L.post_norm.data(), T, H, c.rms_norm_eps, b.xn);

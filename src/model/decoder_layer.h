@@ -41,6 +41,12 @@ struct LayerBuffers {
     float* x_mid = nullptr;  // optional [T, H]: the residual stream after attention is copied here
 };
 
+// The attention half alone, x += Attn(RMSNorm_in(x))·W_oᵀ (uses b.xn, b.q, b.att;
+// x_mid is not written): for callers that put their own FFN after it
+// (sequential calibration, route/sequential.h).
+void attention_block_forward(const ModelConfig& c, const LayerWeights& L, const std::vector<float>& inv_freq, float* x, int T,
+                             int pos0, const LayerKV& kv, const LayerBuffers& b);
+
 // x: [T, H] residual stream at positions pos0.., updated in place.
 void decoder_layer_forward(const ModelConfig& c, int l, const LayerWeights& L, const std::vector<float>& inv_freq,
                            float* x, int T, int pos0, const LayerKV& kv, const LayerBuffers& b, const RunHooks& hooks);

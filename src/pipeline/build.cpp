@@ -11,6 +11,7 @@
 #include "eval/report.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "route/sequential.h"
 #include "data/text_cluster.h"
 #include "split/cluster_split.h"
 #include "split/importance.h"
@@ -241,28 +242,51 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     // calibrate: routers and scales
     ConvertOptions co = layout_options(o);
     RoutingResult routing;
+    RouterOptions ro;
+    std::optional<SequentialResult> seq;
+    const bool refit_wanted = o.refit && !calib.empty();
+    // Sequential needs routers fitted on text; without that it has nothing to do.
+    r.options.sequential = o.sequential && !calib.empty() && routing_needs_calibration(o.routing, co);
     stage("calibrate", [&] {
-        routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co, report);
+        if (r.options.sequential) {
+            auto model = Model::load(dense);
+            routing = apply_routing_with(r.plan, o.routing, o.calib_data, co, [&](const RouterOptions& opt) {
+                ro = opt;
+                RefitOptions ropt;
+                ropt.max_tokens = opt.calib.max_tokens;
+                seq = calibrate_sequentially(*model, r.plan, opt, calib, refit_wanted, ropt, {},
+                                             [&](size_t d, size_t n) { report("calibrate", double(d), double(n)); });
+                return seq->build;
+            });
+        } else {
+            routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co, report);
+            ro = router_options(o.routing, co);
+        }
         r.routers = routing.layers;
         r.calib_tokens = routing.calib_tokens;
         if (!o.plan_path.empty()) co.plan_name = o.plan_path;
     });
 
-    // refit: the down projections for the routing just built
-    r.options.refit = o.refit && !calib.empty() && routing.built;
+    // refit: the down projections for the routing just built (sequential: refitted layer by layer above)
+    r.options.refit = refit_wanted && routing.built;
     if (r.options.refit)
         stage("refit", [&] {
-            auto model = Model::load(dense);
-            const RouterOptions ro = router_options(o.routing, co);
             RefitOptions ropt;
             ropt.max_tokens = ro.calib.max_tokens;
-            RefitResult rf = refit_down_projections(
-                *model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight), calib, ropt, report);
+            RefitResult rf;
+            if (seq) {
+                rf = std::move(seq->refit);
+            } else {
+                auto model = Model::load(dense);
+                rf = refit_down_projections(*model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight),
+                                            calib, ropt, report);
+            }
             r.refit = rf.layers;
             co.down_proj = std::move(rf.down);
             co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
                                       {"held_out_every", ropt.val_every}};
         });
+    if (r.options.sequential) co.provenance["sequential"] = true;
 
     stage("convert", [&] {
         r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
@@ -333,6 +357,7 @@ nlohmann::json build_json(const BuildResult& r) {
                         {"seed", o.seed},
                         {"active_ffn_fraction", r.active_ffn_fraction},
                         {"refit", o.refit},
+                        {"sequential", o.sequential},
                         {"shared_criterion", shared_criterion_name(o.shared_criterion)},
                         {"calib_data", o.calib_data},
                         {"calib_tokens", r.calib_tokens},
@@ -378,6 +403,7 @@ std::vector<std::pair<std::string, std::string>> build_summary(const BuildResult
         if (r.eval->oracle) t.push_back({"oracle ppl", fmt::format("{:.3f}", r.eval->oracle->ppl.perplexity())});
     }
     t.push_back({"refit", r.options.refit ? "yes" : "no"});
+    if (r.options.sequential) t.push_back({"sequential", "yes"});
     if (r.heal) t.push_back({"heal steps", std::to_string(r.heal->steps)});
     for (const StageTime& s : r.stages) t.push_back({s.name + " s", fmt::format("{:.1f}", s.seconds)});
     t.push_back({"total s", fmt::format("{:.1f}", r.total_seconds())});

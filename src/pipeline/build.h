@@ -78,6 +78,9 @@ struct BuildOptions {
     size_t calib_tokens = 32768;  // tokens of calibration text at most
     size_t eval_tokens = 20000;   // predicted tokens of evaluation text at most (0: all)
     bool oracle = false;          // also evaluate oracle routing
+    // Routers, scales and refit fitted layer by layer on the converted layers' outputs (route/sequential.h);
+    // on whenever the routing is fitted on calibration text (measured better: docs/quality.md)
+    bool sequential = true;
     // heal (pipeline/heal.h) after convert, on the calibration text: steps 0 = off
     int heal_steps = 0;
     double heal_lr = 3e-2;        // measured on the demo model (README, "heal")

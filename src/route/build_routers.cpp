@@ -57,11 +57,45 @@ std::unique_ptr<Model> load_checked(const Checkpoint& dense, const ExpertPlan& p
     return Model::load(dense);
 }
 
+// Layer l's router and scale from its statistics alone (c: nullptr without calibration).
+LayerRouter build_layer(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, const FitOptions& fo, int l,
+                        const LayerCalib* c) {
+    const int E = plan.num_experts(), H = model.config().hidden_size, k = opt.top_k;
+    const bool over_all = opt.combine == CombineRule::SoftmaxAll;
+    LayerRouterReport rep;
+    RouterWeights r;
+    switch (opt.kind) {
+        case RouterKind::Random: r = make_random_router(E, H, opt.mlp, opt.seed, l); break;
+        case RouterKind::Centroid: r = make_centroid_router(model, l, plan.layers[size_t(l)], opt.mlp); break;
+        case RouterKind::Fit:
+            if (!c) fail("layer {}: a fitted router needs calibration statistics", l);
+            r = fit_router(*c, fo, &rep.fit);
+            break;
+    }
+    double s = natural_scale(opt, E);
+    if (c) {
+        const std::vector<float> z = calib_logits(*c, r);
+        ScaleTerms terms;
+        if (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random) {
+            rep.temperature = fit_logit_temperature(*c, z, k, over_all, opt.fit_scale ? 0.0 : s, &terms);
+            scale_router_logits(r, rep.temperature);
+        } else {
+            terms = logits_scale_terms(*c, z, k, opt.weighting, over_all);
+        }
+        // A non-positive optimum means the routed sum points away from the
+        // dense output: keep the natural scale rather than write a useless one.
+        if (opt.fit_scale && terms.best_scale() > 0) s = terms.best_scale();
+        rep.rel_error = terms.rel_error(s);
+        rep.mass = captured_mass(*c, z, k);
+    }
+    rep.scale = s;
+    return {std::move(r), s, rep};
+}
+
 RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, const std::vector<LayerCalib>& stats,
                        const RouterProgress& progress) {
     const ModelConfig& cfg = model.config();
     const int L = cfg.num_layers, E = plan.num_experts(), H = cfg.hidden_size, k = opt.top_k;
-    const bool over_all = opt.combine == CombineRule::SoftmaxAll;
     if (!stats.empty() && (int(stats.size()) != L || stats[0].E != E || stats[0].H != H))
         fail("calibration statistics are for {} layers of {} experts over {} inputs; the plan needs {} x {} over {}", stats.size(),
              stats[0].E, stats[0].H, L, E, H);
@@ -78,47 +112,36 @@ RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterO
     // OpenMP loops around them keep both cores busy.
     BlasSingleThread blas_single;
     for (int l = 0; l < L; ++l) {
-        LayerRouterReport rep;
-        RouterWeights r;
-        switch (opt.kind) {
-            case RouterKind::Random: r = make_random_router(E, H, opt.mlp, opt.seed, l); break;
-            case RouterKind::Centroid: r = make_centroid_router(model, l, plan.layers[size_t(l)], opt.mlp); break;
-            case RouterKind::Fit: r = fit_router(stats[size_t(l)], fo, &rep.fit); break;
-        }
-        double s = natural_scale(opt, E);
-        if (!stats.empty()) {
-            const LayerCalib& c = stats[size_t(l)];
-            const std::vector<float> z = calib_logits(c, r);
-            ScaleTerms terms;
-            if (opt.weighting == Weighting::Softmax && opt.fit_temperature && opt.kind != RouterKind::Random) {
-                rep.temperature = fit_logit_temperature(c, z, k, over_all, opt.fit_scale ? 0.0 : s, &terms);
-                scale_router_logits(r, rep.temperature);
-            } else {
-                terms = logits_scale_terms(c, z, k, opt.weighting, over_all);
-            }
-            // A non-positive optimum means the routed sum points away from the
-            // dense output: keep the natural scale rather than write a useless one.
-            if (opt.fit_scale && terms.best_scale() > 0) s = terms.best_scale();
-            rep.rel_error = terms.rel_error(s);
-            rep.mass = captured_mass(c, z, k);
-        }
-        rep.scale = s;
-        out.routers.push_back(std::move(r));
-        out.scales.push_back(s);
-        out.layers.push_back(rep);
+        LayerRouter lr = build_layer(model, plan, opt, fo, l, stats.empty() ? nullptr : &stats[size_t(l)]);
+        out.routers.push_back(std::move(lr.router));
+        out.scales.push_back(lr.scale);
+        out.layers.push_back(lr.report);
         if (progress) progress("fit", double(l + 1), double(L));
     }
     out.seconds_fit = since(t1);
-    out.gamma_max.resize(size_t(L));
-    for (int l = 0; l < L; ++l) {
-        double g = 0;
-        for (float v : model.layer(l).post_norm) g = std::max(g, double(std::fabs(v)));
-        out.gamma_max[size_t(l)] = g;
-    }
+    out.gamma_max = post_norm_gamma_max(model);
     return out;
 }
 
 }  // namespace
+
+std::vector<double> post_norm_gamma_max(const Model& model) {
+    std::vector<double> out;
+    for (int l = 0; l < model.config().num_layers; ++l) {
+        double g = 0;
+        for (float v : model.layer(l).post_norm) g = std::max(g, double(std::fabs(v)));
+        out.push_back(g);
+    }
+    return out;
+}
+
+LayerRouter build_layer_router(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, int l, const LayerCalib* stats) {
+    FitOptions fo = opt.fit;
+    fo.top_k = opt.top_k;
+    fo.mlp = opt.mlp;
+    BlasSingleThread blas_single;
+    return build_layer(model, plan, opt, fo, l, stats);
+}
 
 RouterBuild build_routers(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
                           const std::vector<TokenWindow>& calib, const RouterProgress& progress) {

@@ -98,6 +98,21 @@ RouterBuild build_routers(const Checkpoint& dense, const ExpertPlan& plan, const
 RouterBuild build_routers_from_stats(const Checkpoint& dense, const ExpertPlan& plan, const RouterOptions& opt,
                                      const std::vector<LayerCalib>& stats, const RouterProgress& progress = {});
 
+// One layer's router and scale from that layer's statistics alone (stats may be
+// null when needs_calibration() is false): what build_routers_from_stats does
+// for each layer, for callers that calibrate layer by layer (route/sequential.h).
+// `model` is the dense model, whose layer l is used by the centroid router.
+class Model;
+struct LayerRouter {
+    RouterWeights router;
+    double scale = 1;
+    LayerRouterReport report;
+};
+LayerRouter build_layer_router(const Model& model, const ExpertPlan& plan, const RouterOptions& opt, int l, const LayerCalib* stats);
+
+// [layer] max |post-attention RMSNorm weight| of a model (RouterBuild::gamma_max).
+std::vector<double> post_norm_gamma_max(const Model& model);
+
 // Every statistic above for routers built elsewhere (e.g. to report a random
 // router's error next to a fitted one).
 std::vector<LayerRouterReport> evaluate_routers(const std::vector<LayerCalib>& calib, const std::vector<RouterWeights>& routers,

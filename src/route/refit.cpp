@@ -195,6 +195,27 @@ RefitLayerReport refit_layer(const RefitLayerStats& s, const float* W0, int H, c
 namespace {
 
 // Feeds kept batches into per-layer refit statistics; 1 token in val_every is held out.
+// Adds n kept tokens to a layer's sums, split into training and held-out
+// tokens by their running index `seen` (advanced by n).
+void add_refit_rows(RefitLayerStats& st, size_t& seen, const LayerPlan& lp, const RefitRouting& r, const float* W0, int H,
+                    const float* x, const float* h, int n, int val_every) {
+    const int I = st.I;
+    std::vector<float> z(size_t(n) * I);
+    masked_activations(lp, r, x, h, n, I, z.data());
+    std::vector<float> ht, zt, hv, zv;
+    const size_t ve = size_t(val_every);
+    for (int t = 0; t < n; ++t) {
+        const bool val = (seen + size_t(t)) % ve == ve - 1;
+        auto& hd = val ? hv : ht;
+        auto& zd = val ? zv : zt;
+        hd.insert(hd.end(), h + size_t(t) * I, h + size_t(t + 1) * I);
+        zd.insert(zd.end(), z.begin() + long(size_t(t) * I), z.begin() + long(size_t(t + 1) * I));
+    }
+    seen += size_t(n);
+    accumulate_refit(st, W0, H, ht.data(), zt.data(), int(ht.size() / size_t(I)), false);
+    accumulate_refit(st, W0, H, hv.data(), zv.data(), int(hv.size() / size_t(I)), true);
+}
+
 struct RefitAccumulator {
     const ExpertPlan& plan;
     const std::vector<RefitRouting>& routing;
@@ -222,22 +243,8 @@ struct RefitAccumulator {
     }
 
     void add(int l, const float* x, const float* h, int n) {
-        std::vector<float> z(size_t(n) * I);
-        masked_activations(plan.layers[size_t(l)], routing[size_t(l)], x, h, n, I, z.data());
-        // Rows split into training and held-out tokens by their running index.
-        std::vector<float> ht, zt, hv, zv;
-        const size_t ve = size_t(opt.val_every);
-        for (int t = 0; t < n; ++t) {
-            const bool val = (seen[size_t(l)] + size_t(t)) % ve == ve - 1;
-            auto& hd = val ? hv : ht;
-            auto& zd = val ? zv : zt;
-            hd.insert(hd.end(), h + size_t(t) * I, h + size_t(t + 1) * I);
-            zd.insert(zd.end(), z.begin() + long(size_t(t) * I), z.begin() + long(size_t(t + 1) * I));
-        }
-        seen[size_t(l)] += size_t(n);
-        const float* w0 = W0[size_t(l)].data();
-        accumulate_refit(stats[size_t(l)], w0, H, ht.data(), zt.data(), int(ht.size() / size_t(I)), false);
-        accumulate_refit(stats[size_t(l)], w0, H, hv.data(), zv.data(), int(hv.size() / size_t(I)), true);
+        add_refit_rows(stats[size_t(l)], seen[size_t(l)], plan.layers[size_t(l)], routing[size_t(l)], W0[size_t(l)].data(), H, x,
+                       h, n, opt.val_every);
     }
 
     RefitResult solve(const RefitProgress& progress) {
@@ -291,6 +298,19 @@ RefitResult refit_from_acts(const Model& dense, const ExpertPlan& plan, const st
     r.seconds_stats = ts;
     r.seconds_solve = since(t1);
     return r;
+}
+
+RefitLayerReport refit_layer_from_acts(const LayerPlan& lp, const RefitRouting& r, const float* W0, int H, const DenseLayerActs& a,
+                                       const RefitOptions& opt, std::vector<float>& out) {
+    if (opt.val_every < 2) fail("refit: val_every must be at least 2 (one held-out token in val_every)");
+    RefitLayerStats st(a.I);
+    size_t seen = 0;
+    const int n = std::min<int>(a.N, int(opt.max_tokens));
+    for (int t0 = 0; t0 < n; t0 += 512) {
+        const int m = std::min(512, n - t0);
+        add_refit_rows(st, seen, lp, r, W0, H, a.x.data() + size_t(t0) * a.H, a.h.data() + size_t(t0) * a.I, m, opt.val_every);
+    }
+    return refit_layer(st, W0, H, opt, out);
 }
 
 }  // namespace moefy

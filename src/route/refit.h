@@ -89,6 +89,12 @@ struct RefitLayerReport {
 // Chooses ρ on the held-out sums and solves on all tokens; out: W' [H, I] (or W0).
 RefitLayerReport refit_layer(const RefitLayerStats& s, const float* W0, int H, const RefitOptions& opt, std::vector<float>& out);
 
+// One layer from its cached dense activations alone (the first opt.max_tokens
+// of a): refit_from_acts for one layer, for callers that calibrate layer by
+// layer (route/sequential.h). W0: [H, I] the dense down projection; out: W'.
+RefitLayerReport refit_layer_from_acts(const LayerPlan& lp, const RefitRouting& r, const float* W0, int H, const DenseLayerActs& a,
+                                       const RefitOptions& opt, std::vector<float>& out);
+
 struct RefitResult {
     std::vector<std::vector<float>> down;  // [layer] W' [H, I] f32
     std::vector<RefitLayerReport> layers;
