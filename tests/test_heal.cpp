@@ -6,6 +6,7 @@
 // tensors changed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -293,7 +294,9 @@ TEST(Heal, LowersTheHeldOutLossAndWritesTheSameLayout) {
         EXPECT_EQ(a.shape, b->shape) << n;
         const bool same = std::memcmp(a.data, b->data, a.nbytes) == 0;
         const bool trained = n.find(".gate.weight") != std::string::npos || n.find(".w2.weight") != std::string::npos;
-        if (!trained) EXPECT_TRUE(same) << n;
+        if (!trained) {
+            EXPECT_TRUE(same) << n;
+        }
         changed += !same;
     }
     EXPECT_EQ(changed, size_t(moe.config.num_layers * (1 + 8)));
@@ -341,4 +344,59 @@ TEST(HealCli, BuildHealsAfterConvertAndReportsIt) {
     EXPECT_EQ(g.status, 1);
     EXPECT_NE(g.out.find("--heal-steps with --format gguf"), std::string::npos) << g.out;
     EXPECT_FALSE(std::filesystem::exists(tmp.path + "/g"));
+}
+
+TEST(HealGradients, DistillationLossMatchesFiniteDifferences) {
+    TempDir tmp;
+    const Layout mixtral{"mixtral", MoEFormat::Mixtral, GateKind::Linear, 0};
+    const Checkpoint ck = Checkpoint::open(tiny_moe(tmp.path, mixtral));
+    LiveModel lm(ck);
+    sharpen_routers(lm, 5);
+    const int V = ck.config.vocab_size;
+    const std::vector<int32_t> t = tokens(20, V, 9);
+    const size_t n = t.size() - 1;
+    std::vector<float> q(n * size_t(V));  // a random teacher distribution per position
+    Rng rng(21);
+    for (size_t i = 0; i < n; ++i) {
+        double z = 0;
+        for (int j = 0; j < V; ++j) z += (q[i * V + j] = float(std::exp(2 * rng.normal())));
+        for (int j = 0; j < V; ++j) q[i * V + j] = float(q[i * V + j] / z);
+    }
+    // Mean KL(q ‖ p) over the positions, p from the model's logits.
+    auto kl = [&] {
+        std::vector<float> logits(t.size() * size_t(V));
+        lm.model->forward(t.data(), int(t.size()), 0, nullptr, logits.data());
+        double s = 0;
+        for (size_t i = 0; i < n; ++i) {
+            const float* r = logits.data() + i * V;
+            double mx = *std::max_element(r, r + V), z = 0;
+            for (int j = 0; j < V; ++j) z += std::exp(r[j] - mx);
+            for (int j = 0; j < V; ++j) s += q[i * V + j] * (std::log(q[i * V + j]) - (r[j] - mx - std::log(z)));
+        }
+        return s / double(n);
+    };
+    AllMoEGrads grads(*lm.model);
+    Backprop bp(*lm.model);
+    const double loss = bp.run(t.data(), int(t.size()), nullptr, nullptr, &grads, q.data()) / double(n);
+    EXPECT_NEAR(loss, kl(), 1e-5 * loss);
+    Rng dir(3);
+    for (auto& [data, g] : grads.g) {
+        std::vector<float>* W = nullptr;
+        for (auto& [name, b] : lm.w)
+            if (b.data() == data) W = &b;
+        ASSERT_NE(W, nullptr);
+        std::vector<float> d(W->size());
+        double nd = 0, gd = 0;
+        for (float& x : d) x = float(dir.normal()), nd += double(x) * x;
+        for (size_t i = 0; i < d.size(); ++i) d[i] = float(d[i] / std::sqrt(nd)), gd += double(g[i]) * d[i];
+        const std::vector<float> w0 = *W;
+        const double eps = 1e-2;
+        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] + eps * d[i]);
+        const double lp = kl();
+        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] - eps * d[i]);
+        const double lq = kl();
+        *W = w0;
+        const double fd = (lp - lq) / (2 * eps);
+        EXPECT_NEAR(gd, fd, 5e-5 + 5e-3 * std::abs(fd)) << grads.what[data];
+    }
 }

@@ -75,6 +75,8 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--heal-lr", b.heal_lr, "Healing's peak step size, relative to each tensor's RMS")->capture_default_str();
     cmd->add_flag("--heal-all-experts", b.heal_all_experts, "Healing also trains the experts' gate and up projections");
+    cmd->add_flag("--heal-distill,!--heal-nll", b.heal_distill,
+                  "Healing distils the dense model's next-token distribution (default), or fits the text's tokens");
     cmd->add_flag("--oracle", b.oracle, "Also evaluate oracle routing (needs --eval-data)");
     cmd->add_option("--report", o->report, "Write a self-contained HTML report here");
     cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");

@@ -1,4 +1,4 @@
-// moefy heal --model MOE_DIR --data calib.jsonl --steps N --out DIR [--all-experts] [--lr X] [--accumulate N] [--json]
+// moefy heal --model MOE_DIR [--teacher DENSE_DIR] --data calib.jsonl --steps N --out DIR [--all-experts] [--lr X] [--accumulate N] [--json]
 #include "cli/cli_common.h"
 #include "common/error.h"
 #include "eval/perplexity.h"
@@ -20,6 +20,8 @@ MOEFY_COMMAND(55, [](CLI::App& app) {
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "MoE model directory (safetensors, any layout moefy writes)")->required();
     cmd->add_option("--out", o->h.out_dir, "Output directory: the same layout, the trained tensors replaced")->required();
+    cmd->add_option("--teacher", o->h.teacher_dir,
+                    "The dense model the MoE was made from: distil its next-token distribution (KL) instead of the text's NLL");
     cmd->add_option("--data", o->data,
                     "Calibration text (.jsonl or .txt) [default: the bundled data/calib.jsonl]; one window in 8 is held out");
     cmd->add_option("--text-field", o->text_field, "JSONL field holding the text (default: text, else content)");

@@ -182,7 +182,7 @@ void backward_layer(const Model& m, int l, const float* x_in, int T, const Layer
 // writes dx = ∂L/∂x and returns Σ NLL. Logits are formed a chunk of tokens at
 // a time ([rows, V]) and turned into their gradient in place.
 double loss_backward(const Model& m, const int32_t* tokens, int T, const float* x, Backprop::Impl& w,
-                     float* per_position) {
+                     float* per_position, const float* teacher) {
     const ModelConfig& c = m.config();
     const Dims d(c);
     const int H = c.hidden_size, V = c.vocab_size, n = T - 1;
@@ -202,6 +202,17 @@ double loss_backward(const Model& m, const int32_t* tokens, int T, const float* 
             double se = 0.0;
             for (int j = 0; j < V; ++j) se += std::exp(double(row[j] - mx));
             const double lse = double(mx) + std::log(se);
+            if (teacher) {
+                // KL(q ‖ p) = Σ_j q_j (log q_j − log p_j); ∂/∂logit_j = (p_j − q_j) / n
+                const float* q = teacher + size_t(r0 + i) * V;
+                double kl = 0;
+                for (int j = 0; j < V; ++j) {
+                    if (q[j] > 0) kl += double(q[j]) * (std::log(double(q[j])) - (double(row[j]) - lse));
+                    row[j] = float((std::exp(double(row[j]) - lse) - double(q[j])) * inv_n);
+                }
+                w.nll[size_t(r0 + i)] = kl;
+                return;
+            }
             w.nll[size_t(r0 + i)] = lse - double(row[y]);
             // ∂L/∂logit_j = (softmax_j - [j = y]) / n
             for (int j = 0; j < V; ++j) row[j] = float(std::exp(double(row[j]) - lse) * inv_n);
@@ -221,7 +232,8 @@ double loss_backward(const Model& m, const int32_t* tokens, int T, const float* 
 
 }  // namespace
 
-double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position, ParamGrads* params) {
+double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position, ParamGrads* params,
+                     const float* teacher) {
     const ModelConfig& c = model_.config();
     if (T < 2) fail("backward: a window needs at least 2 tokens (one prediction), got {}", T);
     if (c.max_position_embeddings > 0 && T > c.max_position_embeddings)
@@ -243,7 +255,7 @@ double Backprop::run(const int32_t* tokens, int T, BackwardObserver* obs, float*
     auto xs = [&](size_t l) { return w.xs.data() + l * t * d.H; };
     gather_rows(model_.embed_weight(), tokens, T, xs(0));
     for (size_t l = 0; l < d.L; ++l) forward_layer(model_, int(l), xs(l), T, xs(l + 1), w.layer(d, t, store ? l : 0), w);
-    const double nll = loss_backward(model_, tokens, T, xs(d.L), w, per_position);
+    const double nll = loss_backward(model_, tokens, T, xs(d.L), w, per_position, teacher);
     for (size_t l = d.L; l-- > 0;) {
         const LayerActs a = w.layer(d, t, store ? l : 0);
         // Recompute mode: the last layer's activations are still in the one set.

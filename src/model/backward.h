@@ -105,8 +105,11 @@ public:
     // log); the gradients handed to `obs` are those of the mean, Σ / (T-1).
     // per_position: optional [T-1] output of the single NLL terms.
     // params: optional weight gradients, added to (the caller zeroes them).
+    // teacher: optional [T-1, V] next-token probabilities of another model
+    // (distillation): the loss is then Σ_t KL(teacher_t ‖ model_t), its mean's
+    // gradient, instead of the NLL of the tokens.
     double run(const int32_t* tokens, int T, BackwardObserver* obs, float* per_position = nullptr,
-               ParamGrads* params = nullptr);
+               ParamGrads* params = nullptr, const float* teacher = nullptr);
 
     // Whether a window of T tokens keeps every layer's activations (else recomputes).
     bool stores_all(int T) const;

@@ -302,6 +302,7 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
             h.lr = o.heal_lr;
             h.all_experts = o.heal_all_experts;
             h.seed = o.seed;
+            if (o.heal_distill) h.teacher_dir = o.model_dir;
             r.heal = heal_checkpoint(moe, calib, h, [&](int step, int steps, double) { report("heal", step, steps); });
         });
 
@@ -369,6 +370,7 @@ nlohmann::json build_json(const BuildResult& r) {
         j["heal"] = {{"steps", r.heal->steps},
                      {"lr", o.heal_lr},
                      {"all_experts", o.heal_all_experts},
+                     {"loss", o.heal_distill ? "distill" : "nll"},
                      {"trained_params", r.heal->trained_params},
                      {"heldout_tokens", r.heal->heldout_tokens},
                      {"heldout_nll_before", r.heal->heldout_nll_before},

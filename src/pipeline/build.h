@@ -85,6 +85,7 @@ struct BuildOptions {
     int heal_steps = 0;
     double heal_lr = 3e-2;        // measured on the demo model (README, "heal")
     bool heal_all_experts = false;
+    bool heal_distill = true;     // distil the dense model (KL), else the text's NLL
 };
 
 struct StageTime {

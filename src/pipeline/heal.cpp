@@ -188,6 +188,33 @@ HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>
     auto model = Model::load(moe.config, *live);
     Backprop backprop(*model);
 
+    // Distillation: the teacher's next-token probabilities of each window, [T-1, V].
+    std::unique_ptr<Checkpoint> teacher_ck;
+    std::unique_ptr<Model> teacher;
+    if (!opt.teacher_dir.empty()) {
+        teacher_ck = std::make_unique<Checkpoint>(Checkpoint::open(opt.teacher_dir));
+        if (teacher_ck->config.vocab_size != moe.config.vocab_size || teacher_ck->config.hidden_size != moe.config.hidden_size)
+            fail("{}: the teacher has vocabulary {} and hidden size {}, the MoE model {} and {}: not its source model",
+                 opt.teacher_dir, teacher_ck->config.vocab_size, teacher_ck->config.hidden_size, moe.config.vocab_size,
+                 moe.config.hidden_size);
+        teacher = Model::load(*teacher_ck);
+    }
+    std::vector<float> probs;
+    auto teacher_probs = [&](const TokenWindow& w) -> const float* {
+        if (!teacher) return nullptr;
+        const size_t T = w.size(), V = size_t(moe.config.vocab_size);
+        probs.resize(T * V);
+        teacher->forward(w.data(), int(T), 0, nullptr, probs.data());
+        for (size_t t = 0; t + 1 < T; ++t) {
+            float* p = probs.data() + t * V;
+            const float mx = *std::max_element(p, p + V);
+            double z = 0;
+            for (size_t j = 0; j < V; ++j) z += std::exp(double(p[j] - mx));
+            for (size_t j = 0; j < V; ++j) p[j] = float(std::exp(double(p[j] - mx)) / z);
+        }
+        return probs.data();
+    };
+
     HealResult r;
     r.trained_params = set.params();
     r.train_windows = train.size();
@@ -211,7 +238,7 @@ HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>
         for (int a = 0; a < opt.accumulate; ++a) {
             if (next == order.size()) shuffle(), next = 0;
             const TokenWindow& w = *train[order[next++]];
-            loss += backprop.run(w.data(), int(w.size()), nullptr, nullptr, &set) / double(w.size() - 1);
+            loss += backprop.run(w.data(), int(w.size()), nullptr, nullptr, &set, teacher_probs(w)) / double(w.size() - 1);
         }
         loss /= opt.accumulate;
         // Mean over the step's windows, clipped to the global norm.

@@ -2,10 +2,14 @@
 // Healing: a short training of an MoE checkpoint on calibration text, so the
 // experts and routers recover some of what the split cost, without retraining.
 //
+// Loss: the mean next-token NLL of calibration windows, or, with a teacher
+// (the dense source model), the mean KL(teacher ‖ MoE) of the next-token
+// distributions: a target per vocabulary entry rather than per token, which is
+// what the MoE is meant to approximate (measured better on the eval text:
+// README, "heal").
 // Trained: every MoE layer's router and its experts' down projections (routed
 // and shared); with all_experts also their gate and up projections. Everything
-// else (attention, norms, embeddings) is frozen. Loss: the mean next-token NLL
-// of calibration windows, gradients from the engine's own backward pass
+// else (attention, norms, embeddings) is frozen. Gradients from the engine's own backward pass
 // (model/backward.h). Optimiser: Adam (β 0.9, 0.999) on f32 master copies of
 // the trained tensors, linear warm-up then cosine decay to a tenth, gradients
 // averaged over `accumulate` windows per step and clipped to a global norm.
@@ -33,6 +37,10 @@ struct Checkpoint;
 
 struct HealOptions {
     std::string out_dir;
+    // The dense model the MoE was made from: when given, the loss is the KL
+    // divergence from its next-token distribution (distillation) instead of the
+    // NLL of the text's tokens.
+    std::string teacher_dir;
     bool force = false;
     int steps = 100;
     int accumulate = 4;         // windows per step
@@ -50,7 +58,7 @@ struct HealResult {
     size_t heldout_tokens = 0;        // predicted tokens of the held-out windows
     double heldout_nll_before = 0;    // mean NLL per token on the held-out windows
     double heldout_nll_after = 0;     // of the checkpoint as written (trained tensors in their stored dtype)
-    double first_loss = 0, last_loss = 0;  // training loss of the first and last step
+    double first_loss = 0, last_loss = 0;  // training loss (NLL or KL) of the first and last step
     double seconds = 0;
 };
 

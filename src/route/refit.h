@@ -21,8 +21,9 @@
 //
 // Only values change (the column of every neuron, routed or shared), so every
 // output layout stays as it is; an overlapping plan's copies of a neuron share
-// one column. Memory: 4 I×I f64 matrices per layer (18 MB for I = 768; a 7B
-// layer, I = 11008, would need 3.9 GB per layer: not for 7B yet).
+// one column. Memory: 4 I×I f64 matrices per layer (18 MB for I = 768, 3.9 GB
+// for a 7B layer, I = 11008): refit_down_projections holds every layer's at
+// once; refit_layer_from_acts (sequential calibration) one layer's.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
