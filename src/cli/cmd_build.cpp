@@ -73,8 +73,10 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     cmd->add_option("--heal-steps", b.heal_steps,
                     "After convert, train routers and expert down projections this many steps on --data (moefy heal)")
         ->capture_default_str();
+    cmd->add_option("--heal-tokens", b.heal_tokens, "Calibration tokens healing reads at most")->capture_default_str();
     cmd->add_option("--heal-lr", b.heal_lr, "Healing's peak step size, relative to each tensor's RMS")->capture_default_str();
-    cmd->add_flag("--heal-all-experts", b.heal_all_experts, "Healing also trains the experts' gate and up projections");
+    cmd->add_flag("!--heal-down-only", b.heal_all_experts,
+                  "Healing trains the routers and the experts' down projections only (default: every expert projection)");
     cmd->add_flag("--heal-distill,!--heal-nll", b.heal_distill,
                   "Healing distils the dense model's next-token distribution (default), or fits the text's tokens");
     cmd->add_flag("--oracle", b.oracle, "Also evaluate oracle routing (needs --eval-data)");

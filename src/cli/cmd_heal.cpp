@@ -1,4 +1,4 @@
-// moefy heal --model MOE_DIR [--teacher DENSE_DIR] --data calib.jsonl --steps N --out DIR [--all-experts] [--lr X] [--accumulate N] [--json]
+// moefy heal --model MOE_DIR [--teacher DENSE_DIR] --data calib.jsonl --steps N --out DIR [--down-only] [--lr X] [--accumulate N] [--json]
 #include "cli/cli_common.h"
 #include "common/error.h"
 #include "eval/perplexity.h"
@@ -13,7 +13,7 @@ MOEFY_COMMAND(55, [](CLI::App& app) {
     struct Opts {
         std::string model, data, text_field;
         int ctx = 256;
-        size_t tokens = 32768;
+        size_t tokens = 262144;
         bool json = false;
         HealOptions h;
     };
@@ -32,7 +32,8 @@ MOEFY_COMMAND(55, [](CLI::App& app) {
     cmd->add_option("--lr", o->h.lr, "Peak step size relative to each tensor's RMS (Adam; linear warm-up, cosine decay)")->capture_default_str();
     cmd->add_option("--warmup", o->h.warmup, "Warm-up, as a fraction of the steps")->capture_default_str();
     cmd->add_option("--clip", o->h.clip_norm, "Clip the gradient to this global norm (0: no clipping)")->capture_default_str();
-    cmd->add_flag("--all-experts", o->h.all_experts, "Also train the experts' gate and up projections");
+    cmd->add_flag("!--down-only", o->h.all_experts,
+                  "Train the routers and the experts' down projections only (default: every expert projection)");
     cmd->add_option("--seed", o->h.seed, "Order of the training windows")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print one JSON object instead of the summary");
     cmd->add_flag("--force", o->h.force, "Replace an existing output directory (it may be --model itself)");

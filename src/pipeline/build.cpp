@@ -303,7 +303,9 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
             h.all_experts = o.heal_all_experts;
             h.seed = o.seed;
             if (o.heal_distill) h.teacher_dir = o.model_dir;
-            r.heal = heal_checkpoint(moe, calib, h, [&](int step, int steps, double) { report("heal", step, steps); });
+            // Windows of at most 256 tokens: the step cost healing was measured at (README, "heal").
+            const auto windows = read_windows(o.calib_data, o.text_field, *tok, std::min(o.ctx, 256), o.heal_tokens);
+            r.heal = heal_checkpoint(moe, windows, h, [&](int step, int steps, double) { report("heal", step, steps); });
         });
 
     if (!eval.empty())
@@ -371,6 +373,7 @@ nlohmann::json build_json(const BuildResult& r) {
                      {"lr", o.heal_lr},
                      {"all_experts", o.heal_all_experts},
                      {"loss", o.heal_distill ? "distill" : "nll"},
+                     {"train_windows", r.heal->train_windows},
                      {"trained_params", r.heal->trained_params},
                      {"heldout_tokens", r.heal->heldout_tokens},
                      {"heldout_nll_before", r.heal->heldout_nll_before},

@@ -84,8 +84,9 @@ struct BuildOptions {
     // heal (pipeline/heal.h) after convert, on the calibration text: steps 0 = off
     int heal_steps = 0;
     double heal_lr = 3e-2;        // measured on the demo model (README, "heal")
-    bool heal_all_experts = false;
+    bool heal_all_experts = true;
     bool heal_distill = true;     // distil the dense model (KL), else the text's NLL
+    size_t heal_tokens = 262144;  // calibration tokens healing reads (more than the routers': it trains 1e5-1e8 weights)
 };
 
 struct StageTime {

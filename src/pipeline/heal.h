@@ -7,8 +7,8 @@
 // distributions: a target per vocabulary entry rather than per token, which is
 // what the MoE is meant to approximate (measured better on the eval text:
 // README, "heal").
-// Trained: every MoE layer's router and its experts' down projections (routed
-// and shared); with all_experts also their gate and up projections. Everything
+// Trained: every MoE layer's router and its experts' projections (routed and
+// shared; without all_experts only their down projections). Everything
 // else (attention, norms, embeddings) is frozen. Gradients from the engine's own backward pass
 // (model/backward.h). Optimiser: Adam (β 0.9, 0.999) on f32 master copies of
 // the trained tensors, linear warm-up then cosine decay to a tenth, gradients
@@ -47,7 +47,7 @@ struct HealOptions {
     double lr = 3e-2;           // peak step size, relative to each tensor's RMS (measured: README, "heal")
     double warmup = 0.1;        // fraction of the steps
     double clip_norm = 1.0;     // global gradient norm (0: none)
-    bool all_experts = false;   // also the experts' gate and up projections
+    bool all_experts = true;    // also the experts' gate and up projections (measured better with a teacher)
     uint64_t seed = 0;          // order of the training windows
 };
 
