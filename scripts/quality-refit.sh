@@ -26,7 +26,7 @@ START=$(date +%s)
 run() {  # name model calib eval plan out_json extra-args...
     local name=$1 model=$2 calib=$3 eval=$4 plan=$5 out=$6; shift 6
     [ -f "$out" ] && return 0
-    nice -n 10 "$MOEFY" build --model "$model" --plan "$plan" --data "$calib" --calib-tokens "$CALIB_TOKENS" \
+    nice -n 10 "$MOEFY" build --model "$model" --plan "$plan" --data "$calib" --calib-tokens "$CALIB_TOKENS" --no-sequential \
         --eval-data "$eval" --eval-tokens "$EVAL_TOKENS" --out "$QDIR/tmp-model" --force --json "$@" > "$out.tmp" 2> "$out.err"
     mv "$out.tmp" "$out"; rm -f "$out.err"
     python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("ppl %.3f (x%.3f of dense %.3f) in %.0f s" % (j["moe_ppl"], j["ppl_ratio"], j["dense_ppl"], j["total_seconds"]))' "$out" \
@@ -92,8 +92,8 @@ w("uniform, fitted scale); *refit*: `--refit`, each layer's down projections ref
 w("router's routing on the calibration text (λ chosen on held-out calibration tokens); *shared*: `--shared 1`, the")
 w("I/E neurons of highest activation rate become an always-active expert and top-k counts routed experts only. Same")
 w("evaluation tokens as the tables above. *Gap closed* as in target 1, against this construction's own oracle.")
-w("Sequential calibration (`--sequential`) is not implemented yet, so it has no row. Runs not finished when the")
-w("section was written show as missing rows (the script is resumable; rerun it to fill them in).")
+w("These rows use parallel calibration (run with `--no-sequential`); sequential calibration and healing have their own")
+w("section below. Runs not finished when the section was written show as missing rows (the script is resumable).")
 w("")
 w("| model | construction | active FFN | MoE ppl | × dense | oracle ppl | reference ppl | gap closed |")
 w("|---|---|---|---|---|---|---|---|")
