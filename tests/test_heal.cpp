@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include "common/rng.h"
@@ -162,6 +163,36 @@ bool python_has_torch() {
 
 double mean_loss(Model& m, const std::vector<int32_t>& t) { return m.nll_sum(t.data(), int(t.size())) / double(t.size() - 1); }
 
+// For every weight with a gradient: the directional derivative along a random
+// unit direction d, (L(W + εd) − L(W − εd)) / 2ε, against ⟨∂L/∂W, d⟩. Returns
+// how many weights were checked.
+int check_directional_derivatives(LiveModel& lm, AllMoEGrads& grads, const std::function<double()>& loss, uint64_t seed) {
+    Rng rng(seed);
+    int checked = 0;
+    for (auto& [data, g] : grads.g) {
+        std::vector<float>* W = nullptr;
+        for (auto& [n, b] : lm.w)
+            if (b.data() == data) W = &b;
+        EXPECT_NE(W, nullptr);
+        if (!W) continue;
+        std::vector<float> d(W->size());
+        double nd = 0, gd = 0;
+        for (float& x : d) x = float(rng.normal()), nd += double(x) * x;
+        for (size_t i = 0; i < d.size(); ++i) d[i] = float(d[i] / std::sqrt(nd)), gd += double(g[i]) * d[i];
+        const std::vector<float> w0 = *W;
+        const double eps = 1e-2;
+        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] + eps * d[i]);
+        const double up = loss();
+        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] - eps * d[i]);
+        const double down = loss();
+        *W = w0;
+        const double fd = (up - down) / (2 * eps);
+        EXPECT_NEAR(gd, fd, 5e-5 + 5e-3 * std::abs(fd)) << grads.what[data];
+        ++checked;
+    }
+    return checked;
+}
+
 }  // namespace
 
 TEST(HealGradients, MatchFiniteDifferencesInEveryLayout) {
@@ -176,30 +207,7 @@ TEST(HealGradients, MatchFiniteDifferencesInEveryLayout) {
         Backprop bp(*lm.model);
         const double loss = bp.run(t.data(), int(t.size()), nullptr, nullptr, &grads) / double(t.size() - 1);
         EXPECT_NEAR(loss, mean_loss(*lm.model, t), 1e-5 * loss);  // the backward's forward is the engine's
-        // Directional derivative along a random unit direction d of each weight:
-        // (L(W + εd) − L(W − εd)) / 2ε against ⟨∂L/∂W, d⟩.
-        Rng rng(17);
-        int checked = 0;
-        for (auto& [data, g] : grads.g) {
-            std::vector<float>* W = nullptr;
-            for (auto& [n, b] : lm.w)
-                if (b.data() == data) W = &b;
-            ASSERT_NE(W, nullptr);
-            std::vector<float> d(W->size());
-            double nd = 0, gd = 0;
-            for (float& x : d) x = float(rng.normal()), nd += double(x) * x;
-            for (size_t i = 0; i < d.size(); ++i) d[i] = float(d[i] / std::sqrt(nd)), gd += double(g[i]) * d[i];
-            const std::vector<float> w0 = *W;
-            const double eps = 1e-2;
-            for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] + eps * d[i]);
-            const double lp = mean_loss(*lm.model, t);
-            for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] - eps * d[i]);
-            const double lm_ = mean_loss(*lm.model, t);
-            *W = w0;
-            const double fd = (lp - lm_) / (2 * eps);
-            EXPECT_NEAR(gd, fd, 5e-5 + 5e-3 * std::abs(fd)) << grads.what[data];
-            ++checked;
-        }
+        const int checked = check_directional_derivatives(lm, grads, [&] { return mean_loss(*lm.model, t); }, 17);
         EXPECT_GE(checked, 2 * (5 - L.shared) * 3 + 2);
     }
 }
@@ -380,24 +388,5 @@ TEST(HealGradients, DistillationLossMatchesFiniteDifferences) {
     Backprop bp(*lm.model);
     const double loss = bp.run(t.data(), int(t.size()), nullptr, nullptr, &grads, q.data()) / double(n);
     EXPECT_NEAR(loss, kl(), 1e-5 * loss);
-    Rng dir(3);
-    for (auto& [data, g] : grads.g) {
-        std::vector<float>* W = nullptr;
-        for (auto& [name, b] : lm.w)
-            if (b.data() == data) W = &b;
-        ASSERT_NE(W, nullptr);
-        std::vector<float> d(W->size());
-        double nd = 0, gd = 0;
-        for (float& x : d) x = float(dir.normal()), nd += double(x) * x;
-        for (size_t i = 0; i < d.size(); ++i) d[i] = float(d[i] / std::sqrt(nd)), gd += double(g[i]) * d[i];
-        const std::vector<float> w0 = *W;
-        const double eps = 1e-2;
-        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] + eps * d[i]);
-        const double lp = kl();
-        for (size_t i = 0; i < d.size(); ++i) (*W)[i] = float(w0[i] - eps * d[i]);
-        const double lq = kl();
-        *W = w0;
-        const double fd = (lp - lq) / (2 * eps);
-        EXPECT_NEAR(gd, fd, 5e-5 + 5e-3 * std::abs(fd)) << grads.what[data];
-    }
+    EXPECT_EQ(check_directional_derivatives(lm, grads, kl, 3), 2 * (1 + 5 * 3));
 }

@@ -89,6 +89,22 @@ void route_tokens(const MoEConfig& m, int layer, const float* logits, int T, int
     }
 }
 
+void shared_gate_softmax(const MoEWeights& mw, const float* x, int T, float* sw) {
+    const int R = int(mw.shared.size());
+    if (!mw.shared_gate.empty()) {
+        matmul(x, T, mw.shared_gate, sw);
+    } else {
+        std::fill(sw, sw + size_t(T) * R, 0.0f);
+    }
+    for (int t = 0; t < T; ++t) {
+        float* st = sw + size_t(t) * R;
+        const float mx = *std::max_element(st, st + R);
+        double z = 0.0;
+        for (int i = 0; i < R; ++i) z += std::exp(double(st[i] - mx));
+        for (int i = 0; i < R; ++i) st[i] = float(std::exp(double(st[i] - mx)) / z);
+    }
+}
+
 void router_logits(const MoEWeights& mw, const float* x, int T, float* logits, std::vector<float>& scratch) {
     if (!mw.router_w1.empty()) {
         const int64_t E = mw.router_w1.rows;
@@ -202,18 +218,8 @@ void moe_ffn(const ModelConfig& cfg, int layer, const MoEWeights& mw, const floa
     float* sw = nullptr;
     if (m.shared_multiply) {
         sw = grow(s.sw, size_t(T) * R);
-        if (!mw.shared_gate.empty()) {
-            matmul(xf, T, mw.shared_gate, sw);
-        } else {
-            std::fill(sw, sw + size_t(T) * R, 0.0f);
-        }
-        for (int t = 0; t < T; ++t) {
-            float* st = sw + size_t(t) * R;
-            const float mx = *std::max_element(st, st + R);
-            double z = 0.0;
-            for (int i = 0; i < R; ++i) z += std::exp(double(st[i] - mx));
-            for (int i = 0; i < R; ++i) st[i] = float(std::exp(double(st[i] - mx)) / z) * m.shared_scale;
-        }
+        shared_gate_softmax(mw, xf, T, sw);
+        for (size_t i = 0; i < size_t(T) * R; ++i) sw[i] *= m.shared_scale;
     }
     float* col = sw ? grow(s.col, size_t(T)) : nullptr;
     for (int i = 0; i < R; ++i) {

@@ -24,6 +24,10 @@ void route_tokens(const MoEConfig& m, int layer, const float* logits, int T, int
 // Router logits [T, E] of x [T, H] (linear, or llama-moe's W2·tanh(W1·x)).
 void router_logits(const MoEWeights& mw, const float* x, int T, float* logits, std::vector<float>& scratch);
 
+// llama-moe-residual's shared-expert weights before their scale: sw [T, R] =
+// softmax over the R shared experts of G·x (x [T, H]; G absent: uniform).
+void shared_gate_softmax(const MoEWeights& mw, const float* x, int T, float* sw);
+
 struct MoEScratch;
 
 // x_resid[T, H] += MoE_FFN(xf[T, H]) for layer `layer`; hooks as documented in llama.h.

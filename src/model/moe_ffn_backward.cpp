@@ -190,18 +190,7 @@ void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, c
     if (m.shared_multiply) {
         sw = grow(s.sw, size_t(T) * R);
         dsw = zeroed(s.dsw, size_t(T) * R);
-        if (!mw.shared_gate.empty()) {
-            matmul(xf, T, mw.shared_gate, sw);
-        } else {
-            std::fill(sw, sw + size_t(T) * R, 0.0f);
-        }
-        for (int t = 0; t < T; ++t) {
-            float* st = sw + size_t(t) * R;
-            const float mx = *std::max_element(st, st + R);
-            double z = 0.0;
-            for (int i = 0; i < R; ++i) z += std::exp(double(st[i] - mx));
-            for (int i = 0; i < R; ++i) st[i] = float(std::exp(double(st[i] - mx)) / z);
-        }
+        shared_gate_softmax(mw, xf, T, sw);
     }
     float* dys = grow(s.ys, size_t(T) * H);
     float* col = sw ? grow(s.col, size_t(T)) : nullptr;
