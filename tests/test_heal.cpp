@@ -348,11 +348,35 @@ TEST(HealCli, BuildHealsAfterConvertAndReportsIt) {
     EXPECT_TRUE(j["stages"].contains("heal"));
     const Checkpoint built = Checkpoint::open(tmp.path + "/moe");
     EXPECT_TRUE(Model::load(built)->config().is_moe());
-    const CliResult g = run_cli(fmt::format("build --model {} --format gguf --method random --heal-steps 2 --data {} --out {}/g",
-                                            demo_model_dir(), repo_data_file("calib.jsonl"), tmp.path));
-    EXPECT_EQ(g.status, 1);
-    EXPECT_NE(g.out.find("--heal-steps with --format gguf"), std::string::npos) << g.out;
-    EXPECT_FALSE(std::filesystem::exists(tmp.path + "/g"));
+    // GGUF: healed in a copy of the file; only the trained tensors' bytes differ from the unhealed build.
+    const std::string gguf = fmt::format(
+        "build --model {} --method random --experts 8 --top-k 2 --format gguf --dtype bf16 --router random --scale auto "
+        "--no-refit --data {} --calib-tokens 4096 --ctx 128 --heal-tokens 4096 --json",
+        demo_model_dir(), repo_data_file("calib.jsonl"));
+    const CliResult g = run_cli(gguf + fmt::format(" --heal-steps 4 --out {}/healed.gguf", tmp.path));
+    ASSERT_EQ(g.status, 0) << g.out;
+    const nlohmann::json gj = nlohmann::json::parse(g.out.substr(g.out.find('{')));
+    EXPECT_LT(gj["heal"]["heldout_nll_after"].get<double>(), gj["heal"]["heldout_nll_before"].get<double>());
+    ASSERT_EQ(run_cli(gguf + fmt::format(" --out {}/plain.gguf", tmp.path)).status, 0);
+    const std::string a = read_file(tmp.path + "/plain.gguf"), b = read_file(tmp.path + "/healed.gguf");
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_NE(a, b);
+    const Checkpoint healed = Checkpoint::open(tmp.path + "/healed.gguf");
+    const Checkpoint plain = Checkpoint::open(tmp.path + "/plain.gguf");
+    for (const std::string& n : plain.tensors->names()) {
+        const TensorView& x = plain.tensors->get(n);
+        const bool same = std::memcmp(x.data, healed.tensors->get(n).data, x.nbytes) == 0;
+        const bool trained = n.find("block_sparse_moe") != std::string::npos;
+        if (!trained) {
+            EXPECT_TRUE(same) << n;
+        }
+    }
+    std::string q8 = gguf;
+    q8.replace(q8.find("--dtype bf16"), 12, "--dtype q8_0");
+    const CliResult q = run_cli(q8 + fmt::format(" --heal-steps 2 --out {}/q.gguf", tmp.path));
+    EXPECT_EQ(q.status, 1);
+    EXPECT_NE(q.out.find("--heal-steps with --dtype q8_0"), std::string::npos) << q.out;
+    EXPECT_FALSE(std::filesystem::exists(tmp.path + "/q.gguf"));
 }
 
 TEST(HealGradients, DistillationLossMatchesFiniteDifferences) {

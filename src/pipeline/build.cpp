@@ -71,9 +71,9 @@ void check_options(const BuildOptions& o) {
     if (o.oracle && o.eval_data.empty()) fail("--oracle needs evaluation text (--eval-data FILE)");
     if (o.heal_steps < 0) fail("--heal-steps {}: must be 0 (no healing) or more", o.heal_steps);
     if (o.heal_steps > 0 && o.calib_data.empty()) fail("--heal-steps needs calibration text (--data FILE)");
-    if (o.heal_steps > 0 && o.format == MoEFormat::Gguf)
-        fail("--heal-steps with --format gguf: heal trains safetensors checkpoints (llama-moe, mixtral, deepseek), "
-             "not GGUF files");
+    if (o.heal_steps > 0 && o.q8_0)
+        fail("--heal-steps with --dtype q8_0: heal writes its result into the GGUF's f32, f16 or bf16 tensors; "
+             "heal a bf16 GGUF, or quantise after healing");
     if (o.plan_path.empty()) {
         check_shared_count(o.shared, o.experts);
         if (o.shared > 0 && o.calib_data.empty())

@@ -6,12 +6,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <memory>
 #include <numeric>
 #include <unordered_map>
 #include <unordered_set>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/rng.h"
@@ -129,6 +134,42 @@ void write_healed(const Checkpoint& moe, const TrainedSet& set, const HealOption
     out.commit();
 }
 
+// A GGUF input: a copy of the file with the trained tensors' bytes replaced in
+// place (each is a view into the file's mapping: an expert is a slice of its
+// stacked tensor), so every other byte, the metadata and the tokenizer included,
+// stays as it was.
+void write_healed_gguf(const Checkpoint& moe, const TrainedSet& set, const HealOptions& opt) {
+    check_output_path(opt.out_dir, OutputKind::File, opt.force);
+    remove_stale_siblings(opt.out_dir);
+    const std::string tmp = temp_sibling(opt.out_dir);
+    try {
+        fs::copy_file(moe.dir, tmp, fs::copy_options::overwrite_existing);
+        const int fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd < 0) fail("{}: cannot open for writing: {}", tmp, std::strerror(errno));
+        for (const auto& t : set.tensors) {
+            const TensorView& v = *t->source;
+            std::vector<uint8_t> buf(v.nbytes);
+            from_f32(v.dtype, t->w.data(), buf.data(), t->w.size());
+            const off_t at = off_t(v.data - v.file->data());
+            for (size_t done = 0; done < buf.size();) {
+                const ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, at + off_t(done));
+                if (n <= 0) {
+                    const int e = errno;
+                    ::close(fd);
+                    fail("{}: cannot write tensor '{}': {}", tmp, v.name, std::strerror(e));
+                }
+                done += size_t(n);
+            }
+        }
+        if (::close(fd) != 0) fail("{}: cannot write: {}", tmp, std::strerror(errno));
+    } catch (...) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw;
+    }
+    commit_file(tmp, opt.out_dir);
+}
+
 }  // namespace
 
 HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>& windows, const HealOptions& opt,
@@ -136,8 +177,6 @@ HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>
     check_options(opt);
     const auto t0 = Clock::now();
     if (!moe.config.is_moe()) fail("{}: is a dense model; heal trains the routers and experts of an MoE model", moe.dir);
-    if (!fs::is_directory(moe.dir))
-        fail("{}: heal reads and writes safetensors checkpoints (a GGUF file is an export: heal first, then convert)", moe.dir);
     if (windows.size() < 2) fail("heal: {} window(s) of calibration text; it needs at least 2 (one is held out)", windows.size());
 
     // Held out: every 8th window, at least one.
@@ -157,6 +196,9 @@ HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>
             auto it = by_data.find(w->data);
             if (it == by_data.end()) fail("{}: heal cannot train a weight that is not a whole checkpoint tensor", moe.dir);
             if (!seen.insert(it->second).second) continue;
+            if (!fs::is_directory(moe.dir) && !it->second->file)
+                fail("{}: tensor '{}' is stored as q8_0; heal writes its result into a copy of the file, which it can do "
+                     "for f32, f16 and bf16 tensors only", moe.dir, it->second->name);
             auto t = std::make_unique<Trained>();
             t->source = it->second;
             t->w = store.read_f32(it->second->name);
@@ -274,7 +316,11 @@ HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>
         to_f32(t->source->dtype, buf.data(), t->w.data(), t->w.size());
     }
     r.heldout_nll_after = mean_nll(*model, heldout);
-    write_healed(moe, set, opt);
+    if (fs::is_directory(moe.dir)) {
+        write_healed(moe, set, opt);
+    } else {
+        write_healed_gguf(moe, set, opt);
+    }
     r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return r;
 }

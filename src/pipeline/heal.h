@@ -20,7 +20,9 @@
 //
 // The output is an ordinary checkpoint in the input's layout: every file of
 // the input directory copied, the tensors written in their stored dtype with
-// the trained ones replaced (rounded from the f32 masters). One window in
+// the trained ones replaced (rounded from the f32 masters); a GGUF input gives
+// a copy of the GGUF file with the trained tensors' bytes replaced (f32, f16,
+// bf16; q8_0 tensors are refused before training). One window in
 // eight (at least one) is held out of training; its loss before and after is
 // the measure of what healing did.
 #include <cstddef>
@@ -66,8 +68,9 @@ struct HealResult {
 using HealProgress = std::function<void(int step, int steps, double loss)>;
 
 // Heals `moe` (an MoE checkpoint directory) on `windows` and writes the result to
-// opt.out_dir (atomically; it may be moe's own directory with force). Throws
-// moefy::Error for a dense model, a GGUF input, fewer than two windows or bad options.
+// opt.out_dir (atomically; it may be moe's own directory with force; a file for
+// a GGUF input). Throws moefy::Error for a dense model, a q8_0 GGUF, fewer than
+// two windows or bad options.
 HealResult heal_checkpoint(const Checkpoint& moe, const std::vector<TokenWindow>& windows, const HealOptions& opt,
                            const HealProgress& progress = {});
 
