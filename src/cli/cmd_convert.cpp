@@ -74,6 +74,7 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         size_t calib_tokens = 32768;
         int ctx = 512;
         bool no_softmax = false, no_multiply = false;
+        RoutingExtras extras;
     };
     auto o = std::make_shared<Opts>();
     ConvertOptions& c = o->convert;
@@ -88,6 +89,10 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
     cmd->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens at most")->capture_default_str();
     cmd->add_option("--ctx", o->ctx, "Tokens per calibration window")->capture_default_str();
     cmd->add_option("--text-field", o->text_field, "JSONL field holding the calibration text (default: text, else content)");
+    cmd->add_flag("--refit", o->extras.refit,
+                  "Refit the down projections for the routing on the calibration text (build does by default)");
+    cmd->add_flag("--sequential", o->extras.sequential,
+                  "Fit routers, scales (and --refit) layer by layer on the converted layers' outputs (build does by default)");
     cmd->add_option("--seed", c.seed, "Seed of the random router initialisation")->capture_default_str();
     cmd->add_flag("--force", c.force, "Replace an existing output directory");
     cmd->add_flag("--no-softmax", o->no_softmax, "llama-moe: weight experts by raw gate logits (gate_use_softmax false)");
@@ -101,6 +106,9 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         opt.gate_softmax = !o->no_softmax;
         opt.multiply_gate_scores = !o->no_multiply;
         check_routing(o->routing, opt);
+        if ((o->extras.refit || o->extras.sequential) && is_reference_routing(o->routing) && o->routing.reference_by_converter)
+            fail("--refit / --sequential work on routers moefy builds: add --router fit|centroid, --weighting uniform or "
+                 "--scale fit (the reference routing is left to the converter)");
         // Refused before any slow work (calibration); convert_checkpoint checks again.
         if (std::filesystem::exists(o->out) && !opt.force)
             fail("{}: output already exists (use --force to replace it)", o->out);
@@ -121,7 +129,7 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
 
         std::vector<TokenWindow> calib;
         std::string calib_path;
-        if (routing_needs_calibration(o->routing, opt)) {
+        if (routing_needs_calibration(o->routing, opt) || o->extras.refit) {
             calib_path = o->calib.empty() ? bundled_file("data/calib.jsonl") : o->calib;
             if (calib_path.empty())
                 fail("--router {} / --scale {} need calibration text: pass --calib FILE", router_kind_name(o->routing.router),
@@ -131,9 +139,13 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
             calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
         }
         ProgressBar cbar("calibrate");
-        const RoutingResult routing = apply_routing(dense, plan, o->routing, calib, calib_path, opt,
-                                                    [&](const char* stage, double d, double n) { cbar.update(d, n, stage); });
+        const CalibratedRouting cr = calibrate_routing(dense, plan, o->routing, o->extras, calib, calib_path, opt,
+                                                       [&](const char* stage, double d, double n) { cbar.update(d, n, stage); });
         cbar.finish();
+        const RoutingResult& routing = cr.routing;
+        if (cr.refit)
+            fmt::print("refit: down projections for this routing on {} tokens per layer{}\n", cr.refit_tokens,
+                       cr.sequential ? ", layer by layer (sequential)" : "");
         if (!calib.empty())
             fmt::print("routers: {} on {} calibration tokens per layer ({})\n", router_kind_name(o->routing.router),
                        routing.calib_tokens, calib_path);

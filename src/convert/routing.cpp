@@ -1,9 +1,14 @@
 #include "convert/routing.h"
 
+#include <chrono>
+#include <optional>
+
 #include <cmath>
 
 #include "common/error.h"
 #include "model/checkpoint.h"
+#include "model/llama.h"
+#include "route/sequential.h"
 #include "split/expert_plan.h"
 
 namespace moefy {
@@ -96,6 +101,57 @@ RoutingResult apply_routing_with(const ExpertPlan& plan, const RoutingChoice& c,
     out.layers = rb.layers;
     out.calib_tokens = rb.calib_tokens;
     out.build = rb;
+    return out;
+}
+
+CalibratedRouting calibrate_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
+                                    const RoutingExtras& extras, const std::vector<TokenWindow>& calib,
+                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress) {
+    using Clock = std::chrono::steady_clock;
+    auto since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+    CalibratedRouting out;
+    const bool have_text = !calib.empty();
+    out.sequential = extras.sequential && have_text && routing_needs_calibration(c, co) && !left_to_converter(c);
+    RouterOptions ro;
+    std::optional<SequentialResult> seq;
+    RefitOptions ropt;
+    const bool refit_wanted = extras.refit && have_text;
+    auto t0 = Clock::now();
+    if (out.sequential) {
+        auto model = Model::load(dense);
+        out.routing = apply_routing_with(plan, c, calib_file, co, [&](const RouterOptions& opt) {
+            ro = opt;
+            ropt.max_tokens = opt.calib.max_tokens;
+            seq = calibrate_sequentially(*model, plan, opt, calib, refit_wanted, ropt, {}, [&](size_t d, size_t n) {
+                if (progress) progress("calibrate", double(d), double(n));
+            });
+            return seq->build;
+        });
+    } else {
+        out.routing = apply_routing(dense, plan, c, calib, calib_file, co, progress);
+        ro = router_options(c, co);
+        ropt.max_tokens = ro.calib.max_tokens;
+    }
+    out.seconds_routing = since(t0);
+
+    out.refit = refit_wanted && out.routing.built;
+    if (out.refit) {
+        t0 = Clock::now();
+        RefitResult rf;
+        if (seq) {
+            rf = std::move(seq->refit);
+        } else {
+            auto model = Model::load(dense);
+            rf = refit_down_projections(*model, plan, refit_routing(out.routing.build, co.top_k, ro.combine, ro.calib.shared_weight),
+                                        calib, ropt, progress);
+        }
+        out.refit_layers = rf.layers;
+        out.refit_tokens = rf.layers.empty() ? 0 : rf.layers[0].tokens + rf.layers[0].val_tokens;
+        co.down_proj = std::move(rf.down);
+        co.provenance["refit"] = {{"tokens_per_layer", out.refit_tokens}, {"held_out_every", ropt.val_every}};
+        out.seconds_refit = since(t0);
+    }
+    if (out.sequential) co.provenance["sequential"] = true;
     return out;
 }
 

@@ -14,6 +14,7 @@
 #include "convert/convert.h"
 #include "data/documents.h"
 #include "route/build_routers.h"
+#include "route/refit.h"
 
 namespace moefy {
 
@@ -82,6 +83,30 @@ RoutingResult apply_routing(const Checkpoint& dense, const ExpertPlan& plan, con
 using RouterBuilder = std::function<RouterBuild(const RouterOptions&)>;
 RoutingResult apply_routing_with(const ExpertPlan& plan, const RoutingChoice& c, const std::string& calib_file,
                                  ConvertOptions& co, const RouterBuilder& build);
+
+// Past routing, the same for `convert` and `build`: the expert refit
+// (route/refit.h) for the routing just built, and sequential calibration
+// (route/sequential.h: routers, scales and refit fitted layer by layer on the
+// converted layers' outputs). Each applies only when calibration text is given
+// and the routers are built here (sequential: fitted on that text).
+struct RoutingExtras {
+    bool refit = false;
+    bool sequential = false;
+};
+
+struct CalibratedRouting {
+    RoutingResult routing;
+    bool refit = false, sequential = false;       // as run
+    std::vector<RefitLayerReport> refit_layers;  // [layer] when refit
+    size_t refit_tokens = 0;                     // per layer, held-out ones included
+    double seconds_routing = 0, seconds_refit = 0;  // sequential: its refit is inside the routing pass
+};
+
+// apply_routing, then the extras: co.down_proj and co.provenance ("refit",
+// "sequential") are set for the converter.
+CalibratedRouting calibrate_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
+                                    const RoutingExtras& extras, const std::vector<TokenWindow>& calib,
+                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress = {});
 
 // What config.json records under "moefy" about routers built here:
 // {"router": {kind, weighting, scale}} plus {"calibration": {file, tokens_per_layer}}

@@ -11,7 +11,6 @@
 #include "eval/report.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
-#include "route/sequential.h"
 #include "data/text_cluster.h"
 #include "split/cluster_split.h"
 #include "split/importance.h"
@@ -241,52 +240,21 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
 
     // calibrate: routers and scales
     ConvertOptions co = layout_options(o);
-    RoutingResult routing;
-    RouterOptions ro;
-    std::optional<SequentialResult> seq;
-    const bool refit_wanted = o.refit && !calib.empty();
-    // Sequential needs routers fitted on text; without that it has nothing to do.
-    r.options.sequential = o.sequential && !calib.empty() && routing_needs_calibration(o.routing, co);
-    stage("calibrate", [&] {
-        if (r.options.sequential) {
-            auto model = Model::load(dense);
-            routing = apply_routing_with(r.plan, o.routing, o.calib_data, co, [&](const RouterOptions& opt) {
-                ro = opt;
-                RefitOptions ropt;
-                ropt.max_tokens = opt.calib.max_tokens;
-                seq = calibrate_sequentially(*model, r.plan, opt, calib, refit_wanted, ropt, {},
-                                             [&](size_t d, size_t n) { report("calibrate", double(d), double(n)); });
-                return seq->build;
-            });
-        } else {
-            routing = apply_routing(dense, r.plan, o.routing, calib, o.calib_data, co, report);
-            ro = router_options(o.routing, co);
-        }
-        r.routers = routing.layers;
-        r.calib_tokens = routing.calib_tokens;
+    // calibrate: routers and scales, then the refit of the down projections for them
+    // (sequential: both layer by layer in one pass; the refit's time is inside calibrate)
+    {
+        const auto t0 = Clock::now();
+        const CalibratedRouting cr =
+            calibrate_routing(dense, r.plan, o.routing, RoutingExtras{o.refit, o.sequential}, calib, o.calib_data, co, report);
         if (!o.plan_path.empty()) co.plan_name = o.plan_path;
-    });
-
-    // refit: the down projections for the routing just built (sequential: refitted layer by layer above)
-    r.options.refit = refit_wanted && routing.built;
-    if (r.options.refit)
-        stage("refit", [&] {
-            RefitOptions ropt;
-            ropt.max_tokens = ro.calib.max_tokens;
-            RefitResult rf;
-            if (seq) {
-                rf = std::move(seq->refit);
-            } else {
-                auto model = Model::load(dense);
-                rf = refit_down_projections(*model, r.plan, refit_routing(routing.build, o.top_k, ro.combine, ro.calib.shared_weight),
-                                            calib, ropt, report);
-            }
-            r.refit = rf.layers;
-            co.down_proj = std::move(rf.down);
-            co.provenance["refit"] = {{"tokens_per_layer", r.refit.empty() ? 0 : r.refit[0].tokens + r.refit[0].val_tokens},
-                                      {"held_out_every", ropt.val_every}};
-        });
-    if (r.options.sequential) co.provenance["sequential"] = true;
+        r.routers = cr.routing.layers;
+        r.calib_tokens = cr.routing.calib_tokens;
+        r.refit = cr.refit_layers;
+        r.options.refit = cr.refit;
+        r.options.sequential = cr.sequential;
+        r.stages.push_back({"calibrate", since(t0) - cr.seconds_refit});
+        if (cr.refit) r.stages.push_back({"refit", cr.seconds_refit});
+    }
 
     stage("convert", [&] {
         r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
