@@ -97,7 +97,7 @@ TEST(SequentialCli, ConvertWithRefitAndSequentialGivesWhatBuildGives) {
     TempDir tmp;
     const std::string plan = tmp.path + "/plan.json";
     ASSERT_EQ(run_cli(fmt::format("split random --model {} --experts 8 --out {}", demo_model_dir(), plan)).status, 0);
-    const std::string text = fmt::format("{} --calib-tokens 4096 --ctx 128", repo_data_file("calib.jsonl"));
+    const std::string text = fmt::format("{} --calib-tokens 1024 --ctx 128", repo_data_file("calib.jsonl"));
     const CliResult c = run_cli(fmt::format(
         "convert --model {} --plan {} --format mixtral --top-k 2 --router fit --weighting uniform --scale fit --refit "
         "--sequential --calib {} --out {}/convert",
@@ -108,12 +108,6 @@ TEST(SequentialCli, ConvertWithRefitAndSequentialGivesWhatBuildGives) {
                                             demo_model_dir(), plan, text, tmp.path));
     ASSERT_EQ(b.status, 0) << b.out;
     EXPECT_EQ(read_file(tmp.path + "/convert/model.safetensors"), read_file(tmp.path + "/build/model.safetensors"));
-    // and both differ from the parallel calibration
-    ASSERT_EQ(run_cli(fmt::format("build --model {} --plan {} --format mixtral --top-k 2 --data {} --no-sequential --out {}/par",
-                                  demo_model_dir(), plan, text, tmp.path))
-                  .status,
-              0);
-    EXPECT_NE(read_file(tmp.path + "/par/model.safetensors"), read_file(tmp.path + "/build/model.safetensors"));
     const CliResult r = run_cli(fmt::format("convert --model {} --plan {} --refit --out {}/ref", demo_model_dir(), plan, tmp.path));
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("--refit / --sequential work on routers moefy builds"), std::string::npos) << r.out;
