@@ -1,6 +1,7 @@
 // MoE vs dense on the same tokens: perplexity, per-layer FFN output error
 // (reconstructed from the engine's FFN hook), expert load, oracle routing.
 #include "eval/compare.h"
+#include "model/scratch.h"
 
 #include <algorithm>
 #include <chrono>
@@ -119,12 +120,6 @@ void check_reference_pair(const Checkpoint& moe, const Checkpoint& dense) {
 // ---- FFN error --------------------------------------------------------------------
 
 namespace {
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
 
 // Rebuilds each MoE layer's FFN output from the per-expert calls of the hook
 // (the engine's own h, down projection and combine weights), and compares it

@@ -5,6 +5,7 @@
 // shape, so forward and backward give bitwise the same result for any number
 // of threads.
 #include "model/backward.h"
+#include "model/scratch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,12 +37,6 @@ struct Dims {
     size_t layer_acts(size_t T) const { return T * (H + Qd + 2 * KVd + 2 * I); }
     size_t logits_rows(size_t T) const { return std::clamp<size_t>(kLogitsChunkElems / V, 1, std::max<size_t>(T, 1)); }
 };
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
 
 }  // namespace
 

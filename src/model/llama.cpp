@@ -1,6 +1,7 @@
 // Model loading (weight references into the checkpoint mapping) and the
 // forward pass over one token sequence.
 #include "model/llama.h"
+#include "model/scratch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -33,12 +34,6 @@ struct Model::Workspace {
 };
 
 namespace {
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
 
 // Collects weight references and counts their bytes. Shapes come from the
 // architecture's tensor list (model/expected_tensors.h), not restated here.

@@ -1,6 +1,7 @@
 // MoE feed-forward: routing, then tokens grouped per expert (ascending expert
 // id, tokens in order), so each expert is one batched product per layer.
 #include "model/moe_ffn.h"
+#include "model/scratch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,12 +14,6 @@
 namespace moefy {
 
 namespace {
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
 
 int max_width(const std::vector<FfnWeights>& fs) {
     int w = 0;

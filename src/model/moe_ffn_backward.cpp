@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/backward.h"
+#include "model/scratch.h"
 #include "model/layers.h"
 #include "model/matmul_t.h"
 #include "model/moe_ffn.h"
@@ -21,19 +22,6 @@
 namespace moefy {
 
 namespace {
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
-
-template <typename T>
-T* zeroed(std::vector<T>& v, size_t n) {
-    T* p = grow(v, n);
-    std::fill(p, p + n, T(0));
-    return p;
-}
 
 double dot(const float* a, const float* b, int n) {
     double s = 0.0;
@@ -122,10 +110,10 @@ void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, c
     int32_t* sel = grow(s.sel, size_t(T) * k);
     float* w = grow(s.w, size_t(T) * k);
     route_tokens(m, layer, logits, T, sel, w);
-    float* dw = zeroed(s.dw, size_t(T) * k);
+    float* dw = grow_zeroed(s.dw, size_t(T) * k);
 
     // Token lists per expert (counting sort, tokens ascending); slot: the (t, j) of each row.
-    int32_t* off = zeroed(s.offsets, size_t(E) + 1);
+    int32_t* off = grow_zeroed(s.offsets, size_t(E) + 1);
     for (size_t i = 0; i < size_t(T) * k; ++i) ++off[sel[i] + 1];
     for (int e = 0; e < E; ++e) off[e + 1] += off[e];
     int32_t* cursor = grow(s.cursor, size_t(E));
@@ -145,7 +133,7 @@ void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, c
         const int32_t* sl = slot + off[e];
         float* xg = grow(s.xg, size_t(n) * H);
         float* dyg = grow(s.dyg, size_t(n) * H);
-        float* dxg = zeroed(s.dxg, size_t(n) * H);
+        float* dxg = grow_zeroed(s.dxg, size_t(n) * H);
         float* wt = grow(s.wt, size_t(n));
         float* dwt = grow(s.dwt, size_t(n));
         for (int i = 0; i < n; ++i) {
@@ -163,7 +151,7 @@ void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, c
     }
 
     // Combine weights -> router logits -> router weights and xf.
-    float* dlog = zeroed(s.dlogits, size_t(T) * E);
+    float* dlog = grow_zeroed(s.dlogits, size_t(T) * E);
     for (int t = 0; t < T; ++t)
         route_weights_backward(m, layer, logits + size_t(t) * E, sel + size_t(t) * k, dw + size_t(t) * k,
                                dlog + size_t(t) * E);
@@ -189,7 +177,7 @@ void moe_ffn_backward(const ModelConfig& cfg, int layer, const MoEWeights& mw, c
     float* dsw = nullptr;  // [T, R] ∂L/∂ of the weights
     if (m.shared_multiply) {
         sw = grow(s.sw, size_t(T) * R);
-        dsw = zeroed(s.dsw, size_t(T) * R);
+        dsw = grow_zeroed(s.dsw, size_t(T) * R);
         shared_gate_softmax(mw, xf, T, sw);
     }
     float* dys = grow(s.ys, size_t(T) * H);

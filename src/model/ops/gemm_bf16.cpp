@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "io/dtype.h"
 #include "model/parallel.h"
+#include "model/scratch.h"
 
 namespace moefy::ops {
 
@@ -19,12 +20,6 @@ constexpr int kPanel = 16;                      // rows per panel
 constexpr int kPanels = int(kBlockRows / kPanel);  // panels per block
 // Products with fewer multiply-adds stay on one thread.
 constexpr int64_t kParallelMinWork = int64_t(1) << 20;
-
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-}
 
 // Rows [n0, n0 + rows) of W [N, K] -> panels of [KP][16] 32-bit pairs (KP >=
 // (K+1)/2); rows past `rows`, the pad element of an odd K and pairs past K are
