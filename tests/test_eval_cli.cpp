@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -59,4 +61,23 @@ TEST(EvalCli, BadDataModelsAndContextsAreRefusedClearly) {
     const CliResult ok = run_cli(fmt::format("eval --model {} --data {}/ok.jsonl --json", M, t.path));
     EXPECT_EQ(ok.status, 0) << ok.out;
     EXPECT_NE(ok.out.find("\"perplexity\""), std::string::npos) << ok.out;
+}
+
+// The CLI's default activation mode rounds to BF16 (where the CPU has the BF16
+// dot products); the suite runs exact. Same text: the NLL moves, within 1e-3
+// relative, and --version names the mode.
+TEST(EvalCliBf16Activations, DefaultModeIsWithinItsRoundingOfExact) {
+    const std::string args = fmt::format("eval --model {} --data {}/data/eval.jsonl --max-tokens 4000 --json",
+                                         demo_model_dir(), MOEFY_SOURCE_DIR);
+    const CliResult exact = run_cli(args), rounded = run_cli(args, "MOEFY_BF16_ACTIVATIONS=bf16");
+    ASSERT_EQ(exact.status, 0) << exact.out;
+    ASSERT_EQ(rounded.status, 0) << rounded.out;
+    const double want = nlohmann::json::parse(exact.out)["mean_nll"].get<double>();
+    const double got = nlohmann::json::parse(rounded.out)["mean_nll"].get<double>();
+    EXPECT_NEAR(got, want, 1e-3 * want);
+    const CliResult v = run_cli("--version", "MOEFY_BF16_ACTIVATIONS=");
+    if (v.out.find("avx512bf16") != std::string::npos || v.out.find("amx") != std::string::npos) {
+        EXPECT_NE(got, want) << "bf16 mode computed the exact products";
+        EXPECT_NE(v.out.find("activations bf16"), std::string::npos) << v.out;
+    }
 }

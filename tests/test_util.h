@@ -61,9 +61,10 @@ struct CliResult {
     std::string out;  // stdout and stderr together
 };
 
-// Runs the moefy CLI with `args` (already shell-quoted where needed).
-inline CliResult run_cli(const std::string& args) {
-    std::string cmd = std::string(MOEFY_CLI_PATH) + " " + args + " 2>&1";
+// Runs the moefy CLI with `args` (already shell-quoted where needed); `env`:
+// VAR=value assignments for that run only.
+inline CliResult run_cli(const std::string& args, const std::string& env = "") {
+    std::string cmd = env + (env.empty() ? "" : " ") + std::string(MOEFY_CLI_PATH) + " " + args + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     std::string out;
     char buf[4096];

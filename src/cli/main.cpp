@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
     CLI::App app{"moefy: split a dense LLaMA-family model's FFNs into experts and write MoE checkpoints"};
     app.require_subcommand(1);
     app.set_version_flag("--version", fmt::format("moefy {}\nkernels: {} (activations {})", MOEFY_VERSION, moefy::ops::kernel_path_name(),
-                                                   moefy::ops::exact_activations() ? "exact" : "bf16"));
+                                                   moefy::ops::activation_mode_name()));
     auto& reg = moefy::cli::command_registry();
     std::stable_sort(reg.begin(), reg.end(), [](auto& a, auto& b) { return a.order < b.order; });
     for (auto& c : reg) c.setup(app);

@@ -87,8 +87,8 @@ namespace {
 bool& exact_mode() {
     static bool exact = [] {
         const char* s = std::getenv("MOEFY_BF16_ACTIVATIONS");
-        if (s == nullptr || *s == '\0' || std::strcmp(s, "exact") == 0) return true;
-        if (std::strcmp(s, "bf16") == 0) return false;
+        if (s == nullptr || *s == '\0' || std::strcmp(s, "bf16") == 0) return false;
+        if (std::strcmp(s, "exact") == 0) return true;
         fail("MOEFY_BF16_ACTIVATIONS '{}': expected exact or bf16", s);
     }();
     return exact;
@@ -96,6 +96,15 @@ bool& exact_mode() {
 }  // namespace
 
 bool exact_activations() { return exact_mode(); }
+bool rounds_activations_to_bf16() {
+    const KernelPath p = kernel_path();
+    return !exact_mode() && (p == KernelPath::Amx || p == KernelPath::Avx512Bf16);
+}
+const char* activation_mode_name() {
+    const KernelPath p = kernel_path();
+    if (p != KernelPath::Amx && p != KernelPath::Avx512Bf16) return "f32";
+    return exact_mode() ? "exact" : "bf16";
+}
 bool set_exact_activations(bool exact) {
     const bool prev = exact_mode();
     exact_mode() = exact;

@@ -8,8 +8,9 @@
 //               f32 accumulation
 //   avx2        own micro-kernels on BF16 weights with AVX2/FMA, f32 activations
 //   sgemm       each block of weights converted to f32, then OpenBLAS sgemm
-// Default: amx where the CPU and kernel allow it, else avx2 (avx512bf16 when
-// activations are rounded to one BF16: it is faster than avx2 only then).
+// Default: amx where the CPU and kernel allow it, else avx512bf16 with BF16
+// activations (the default mode), else avx2. With exact activations and no
+// AMX, avx2 (three vdpbf16ps per product are slower than FMA on Intel).
 // MOEFY_KERNEL=amx|avx512bf16|avx2|sgemm forces a path (the tests run the golden
 // engine tests under each); a path the CPU lacks is refused. F32 and F16
 // weights always take the sgemm path for batched products.
@@ -30,12 +31,22 @@ KernelPath parse_kernel_path(const std::string& s);
 
 // How the amx and avx512bf16 paths feed f32 activations x to BF16 products
 // (MOEFY_BF16_ACTIVATIONS):
-//   exact (default)  x = t0 + t1 + t2, three BF16 terms (all 24 bits of an f32):
-//                    three products per weight, the f32 result (golden and
-//                    identity tests hold at their f32 tolerances)
-//   bf16             x rounded to one BF16 (llama.cpp's choice): a third of
-//                    the products; NLL moves (see README for the measured deviation)
+//   bf16 (default)   x rounded to one BF16 (llama.cpp's choice, and what makes
+//                    these paths faster than the f32 ones): every BF16 x BF16
+//                    product is exact in f32 and accumulates in f32; NLL moves
+//                    by about 1e-4 relative (README: measured deviation)
+//   exact            x = t0 + t1 + t2, three BF16 terms (all 24 bits of an f32):
+//                    three products per weight, the f32 result (the tests run
+//                    in this mode, so golden and identity tests hold at f32
+//                    tolerances; tests named *Bf16Activations* check the default)
+// The avx2 and sgemm paths always take f32 activations.
 bool exact_activations();
+// True when products on BF16 weights see x rounded to BF16: bf16 mode on the
+// amx or avx512bf16 path. Every product then rounds x, whatever the token
+// count, so decoding and prefill compute the same thing.
+bool rounds_activations_to_bf16();
+// "bf16" | "exact" (three-term split) | "f32" (avx2, sgemm): what --version prints.
+const char* activation_mode_name();
 // Sets the mode for the rest of the process (bench, tests); returns the old one.
 bool set_exact_activations(bool exact);
 
