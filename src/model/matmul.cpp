@@ -1,8 +1,6 @@
 #include "model/matmul.h"
 
 #include <algorithm>
-#include <cfloat>
-#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -10,7 +8,6 @@
 #include <immintrin.h>
 
 #include "common/error.h"
-#include "io/dtype.h"
 #include "io/safetensors.h"
 #include "model/ops/gemm_bf16.h"
 #include "model/ops/kernel_path.h"
@@ -150,25 +147,22 @@ inline void direct_row(const float* x, int T, const WeightRef& W, float* y, bool
     }
 }
 
-// In bf16-activation mode the micro-kernels round x to BF16; the direct kernel
-// gets the same rounded x, so a token's products do not depend on how many
-// tokens share the call (decode = prefill, an expert's 5 tokens = its 50).
-const float* bf16_rounded(const float* x, int T, int64_t K) {
-    thread_local std::vector<float> buf;
-    const size_t n = size_t(T) * size_t(K);
-    float* r = grow(buf, n);
-    // vcvtne2ps2bf16 flushes subnormal inputs to zero; so does this
-    for (size_t i = 0; i < n; ++i) r[i] = std::fabs(x[i]) < FLT_MIN ? std::copysign(0.0f, x[i]) : bf16_to_f32(f32_to_bf16(x[i]));
-    return r;
-}
-
 // Few tokens: every product of the list in one parallel region, the threads
-// splitting each W's rows (no barrier between the products).
+// splitting each W's rows (no barrier between the products). In bf16-activation
+// mode the products on BF16 weights round x once, as the micro-kernels do, and
+// run vdpbf16ps on the stored rows: a token's products then do not depend on
+// how many tokens share the call (decode = prefill, an expert's 5 tokens = its 50).
 void matmul_direct(const float* x, int T, const MatmulOut* outs, size_t count, bool accumulate) {
     bool any_bf16 = false;
     for (size_t i = 0; i < count; ++i) any_bf16 = any_bf16 || outs[i].W->dtype == DType::BF16;
-    // one x [T, K] for every product of the list
-    const float* xr = any_bf16 && ops::rounds_activations_to_bf16() ? bf16_rounded(x, T, outs[0].W->cols) : x;
+    const int64_t K = outs[0].W->cols;  // one x [T, K] for every product of the list
+    const uint16_t* xb = nullptr;
+    if (any_bf16 && ops::rounds_activations_to_bf16()) {
+        thread_local std::vector<uint16_t> buf;
+        uint16_t* r = grow(buf, size_t(T) * size_t(ops::bf16_row_stride(K)));
+        ops::round_rows_to_bf16(x, T, K, r);
+        xb = r;
+    }
     int64_t work = 0, rows = 0;
     for (size_t i = 0; i < count; ++i) work += outs[i].W->rows * outs[i].W->cols * T, rows += outs[i].W->rows;
     // the rows of all products, end to end, split evenly over the threads
@@ -178,8 +172,12 @@ void matmul_direct(const float* x, int T, const MatmulOut* outs, size_t count, b
             int64_t base = 0;
             for (size_t i = 0; i < count && base < e; base += outs[i].W->rows, ++i) {
                 const WeightRef& W = *outs[i].W;
-                for (int64_t n = std::max(b - base, int64_t(0)); n < std::min(e - base, W.rows); ++n)
-                    direct_row(W.dtype == DType::BF16 ? xr : x, T, W, outs[i].y, accumulate, n);
+                const int64_t n0 = std::max(b - base, int64_t(0)), n1 = std::min(e - base, W.rows);
+                if (n0 >= n1) continue;
+                if (xb != nullptr && W.dtype == DType::BF16)
+                    ops::dot_rows_bf16(xb, T, static_cast<const uint16_t*>(W.data), K, n0, n1, outs[i].y, W.rows, accumulate);
+                else
+                    for (int64_t n = n0; n < n1; ++n) direct_row(x, T, W, outs[i].y, accumulate, n);
             }
         },
         work >= kParallelMinWork);

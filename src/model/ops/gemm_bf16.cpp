@@ -393,6 +393,91 @@ void gemm_bf16(KernelPath path, const float* x, int T, const uint16_t* W, int64_
     fail("gemm_bf16: kernel path {} has no BF16 micro-kernel", kernel_path_name(path));
 }
 
+int64_t bf16_row_stride(int64_t K) { return 2 * ((K + 1) / 2); }
+
+void round_rows_to_bf16(const float* x, int T, int64_t K, uint16_t* out) {
+    const int64_t KP = (K + 1) / 2;
+    for (int t = 0; t < T; ++t) {
+        uint32_t* row = reinterpret_cast<uint32_t*>(out + size_t(t) * size_t(2 * KP));
+        to_bf16_terms(x + size_t(t) * size_t(K), K, KP, 1, &row);
+    }
+}
+
+namespace {
+
+// Rows [n0, n1) of W, two at a time (independent vdpbf16ps chains hide its
+// latency), each against the TT tokens of xb; one 64-byte load of W per
+// instruction, so T = 1 runs at the read bandwidth.
+template <int TT>
+MOEFY_AVX512BF16 void dot_rows_bf16_t(const uint16_t* xb, int64_t ldx, const uint16_t* W, int64_t K, int64_t n0,
+                                      int64_t n1, float* y, int64_t ldy, bool accumulate) {
+    const int64_t k32 = K / 32 * 32;
+    const __mmask32 tail = __mmask32((uint64_t(1) << (K - k32)) - 1);
+    auto store = [&](int64_t n, int t, __m512 a) {
+        float& out = y[size_t(t) * size_t(ldy) + size_t(n)];
+        const float v = _mm512_reduce_add_ps(a);
+        out = accumulate ? out + v : v;
+    };
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        const uint16_t* w0 = W + size_t(n) * size_t(K);
+        const uint16_t* w1 = w0 + K;
+        __m512 a0[TT], a1[TT];
+        for (int t = 0; t < TT; ++t) a0[t] = _mm512_setzero_ps(), a1[t] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < k32; k += 32) {
+            const __m512bh v0 = (__m512bh)_mm512_loadu_si512(w0 + k), v1 = (__m512bh)_mm512_loadu_si512(w1 + k);
+            for (int t = 0; t < TT; ++t) {
+                const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + size_t(t) * size_t(ldx) + size_t(k));
+                a0[t] = _mm512_dpbf16_ps(a0[t], v0, xv), a1[t] = _mm512_dpbf16_ps(a1[t], v1, xv);
+            }
+        }
+        if (tail) {
+            const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(tail, w0 + k32);
+            const __m512bh v1 = (__m512bh)_mm512_maskz_loadu_epi16(tail, w1 + k32);
+            for (int t = 0; t < TT; ++t) {
+                const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, xb + size_t(t) * size_t(ldx) + size_t(k32));
+                a0[t] = _mm512_dpbf16_ps(a0[t], v0, xv), a1[t] = _mm512_dpbf16_ps(a1[t], v1, xv);
+            }
+        }
+        for (int t = 0; t < TT; ++t) store(n, t, a0[t]), store(n + 1, t, a1[t]);
+    }
+    for (; n < n1; ++n) {
+        const uint16_t* w0 = W + size_t(n) * size_t(K);
+        __m512 a0[TT];
+        for (int t = 0; t < TT; ++t) a0[t] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < k32; k += 32) {
+            const __m512bh v0 = (__m512bh)_mm512_loadu_si512(w0 + k);
+            for (int t = 0; t < TT; ++t)
+                a0[t] = _mm512_dpbf16_ps(a0[t], v0, (__m512bh)_mm512_loadu_si512(xb + size_t(t) * size_t(ldx) + size_t(k)));
+        }
+        if (tail) {
+            const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(tail, w0 + k32);
+            for (int t = 0; t < TT; ++t)
+                a0[t] = _mm512_dpbf16_ps(a0[t], v0,
+                                         (__m512bh)_mm512_maskz_loadu_epi16(tail, xb + size_t(t) * size_t(ldx) + size_t(k32)));
+        }
+        for (int t = 0; t < TT; ++t) store(n, t, a0[t]);
+    }
+}
+
+}  // namespace
+
+void dot_rows_bf16(const uint16_t* xb, int T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1, float* y,
+                   int64_t ldy, bool accumulate) {
+    const int64_t ldx = bf16_row_stride(K);
+    for (int t0 = 0; t0 < T; t0 += 4) {  // at most 4 tokens a sweep: 8 accumulators and the loads stay in registers
+        const int tt = std::min(4, T - t0);
+        const uint16_t* x = xb + size_t(t0) * size_t(ldx);
+        float* yt = y + size_t(t0) * size_t(ldy);
+        switch (tt) {
+            case 1: dot_rows_bf16_t<1>(x, ldx, W, K, n0, n1, yt, ldy, accumulate); break;
+            case 2: dot_rows_bf16_t<2>(x, ldx, W, K, n0, n1, yt, ldy, accumulate); break;
+            case 3: dot_rows_bf16_t<3>(x, ldx, W, K, n0, n1, yt, ldy, accumulate); break;
+            default: dot_rows_bf16_t<4>(x, ldx, W, K, n0, n1, yt, ldy, accumulate); break;
+        }
+    }
+}
+
 MOEFY_AVX512BF16 double bf16_dot_peak_gflops(double seconds) {
     if (!cpu_supports(KernelPath::Avx512Bf16)) return 0.0;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;

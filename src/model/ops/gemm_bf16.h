@@ -26,6 +26,18 @@ constexpr int64_t kBlockRows = 64;
 void gemm_bf16(KernelPath path, const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy,
                bool accumulate);
 
+// Decoding (a few tokens) with activations rounded to BF16 (bf16 mode on the
+// amx and avx512bf16 paths): the stored weights are read once, row by row, with
+// vdpbf16ps; no packing. The caller rounds x once per call and may split the
+// rows [n0, n1) of one or several products over threads.
+// xb: T rows of bf16_row_stride(K) BF16 values (the pad element is zero).
+int64_t bf16_row_stride(int64_t K);
+// Rounds x [T, K] as the micro-kernels do (so decode and prefill see the same x).
+void round_rows_to_bf16(const float* x, int T, int64_t K, uint16_t* out);
+// y[t, n] (+)= dot(xb[t], W[n]) for n in [n0, n1); y row stride ldy. Needs AVX512-BF16.
+void dot_rows_bf16(const uint16_t* xb, int T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1, float* y,
+                   int64_t ldy, bool accumulate);
+
 // Peak of the avx512bf16 micro-kernel's instruction (vdpbf16ps on registers,
 // no memory), GFLOP/s of one thread for `seconds`: the bench's compute ceiling.
 double bf16_dot_peak_gflops(double seconds);
