@@ -1,5 +1,6 @@
 // moefy eval --model DIR --data FILE [--ctx 512] [--max-tokens N] [--text-field F] [--json]
 //            [--reference DENSE_DIR [--oracle]]
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -127,10 +128,12 @@ MOEFY_COMMAND(75, [](CLI::App& app) {
         int n = 64;
         float temperature = 0, top_p = 1;
         uint64_t seed = 0;
+        bool timings = false;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--model", o->model, "Model directory")->required();
     cmd->add_option("--prompt", o->prompt, "Prompt text")->required();
+    cmd->add_flag("--timings", o->timings, "Print prompt and generation tokens/s to stderr at the end");
     cmd->add_option("-n,--tokens", o->n, "New tokens at most")->capture_default_str();
     cmd->add_option("--temperature", o->temperature, "0: greedy")->capture_default_str();
     cmd->add_option("--top-p", o->top_p, "Nucleus mass when sampling")->capture_default_str();
@@ -154,13 +157,25 @@ MOEFY_COMMAND(75, [](CLI::App& app) {
         // Each token's own text as it comes (decode_token keeps a word-initial
         // piece's space and yields byte tokens as raw bytes, so a multi-byte
         // character split over byte tokens is whole once its last byte is out).
+        using clock = std::chrono::steady_clock;
+        const auto t0 = clock::now();
+        auto t1 = t0;  // the first new token: the prompt's forward pass
+        int produced = 0;
         generate(*model, prompt, g, [&](int32_t t) {
+            if (produced++ == 0) t1 = clock::now();
             const std::string piece = tok->decode_token(t);
             if (piece.empty()) return;
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
         });
         fmt::print("\n");
+        if (o->timings) {
+            const auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+            const double tp = secs(t0, t1), tg = secs(t1, clock::now());
+            fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); generated: {} tokens after the first in {:.3f} s ({:.2f} tokens/s)\n",
+                       prompt.size(), tp, double(prompt.size()) / tp, std::max(produced - 1, 0), tg,
+                       produced > 1 ? double(produced - 1) / tg : 0.0);
+        }
     });
 });
 
