@@ -603,6 +603,29 @@ struct Recorder : FfnObserver {
     }
 };
 
+// The graph split's layer-major run (embed, then run_layer for each layer) is
+// forward's computation: every layer's FFN activations bit for bit, and the
+// stream after the last layer is final_hidden's input.
+TEST(EngineDense, LayerMajorRunEqualsForward) {
+    const Checkpoint ck = Checkpoint::open(demo_model_dir());
+    auto m = Model::load(ck);
+    const int T = 40, H = ck.config.hidden_size, L = ck.config.num_layers, V = ck.config.vocab_size;
+    std::vector<int32_t> toks;
+    for (int t = 0; t < T; ++t) toks.push_back(int32_t(1 + (t * 53) % (V - 1)));
+    Recorder whole(-1), by_layer(-1);
+    m->forward(toks.data(), T, 0, nullptr, nullptr, &whole);
+    std::vector<float> x(size_t(T) * H);
+    m->embed(toks.data(), T, x.data());
+    for (int l = 0; l < L; ++l) m->run_layer(l, x.data(), T, &by_layer);
+    ASSERT_EQ(whole.h.size(), size_t(L));
+    ASSERT_EQ(by_layer.h.size(), size_t(L));
+    for (int l = 0; l < L; ++l) {
+        EXPECT_EQ(whole.h[size_t(l)], by_layer.h[size_t(l)]) << "layer " << l;
+        EXPECT_EQ(whole.g[size_t(l)], by_layer.g[size_t(l)]) << "layer " << l;
+    }
+    EXPECT_THROW(m->run_layer(L, x.data(), T), Error);
+}
+
 // final_hidden is exactly the lm_head input: logits = final_hidden · lm_headᵀ.
 TEST(EngineDense, FinalHiddenTimesLmHeadIsTheLogits) {
     const Checkpoint ck = Checkpoint::open(demo_model_dir());

@@ -164,6 +164,35 @@ KVCache Model::make_cache(int max_tokens) const {
     return KVCache(cfg_.num_layers, max_tokens, cfg_.num_kv_heads * cfg_.head_dim);
 }
 
+LayerBuffers Model::layer_buffers(int T, bool cached) {
+    const ModelConfig& c = cfg_;
+    const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
+    Workspace& w = *ws_;
+    float* xn = grow(w.xn, size_t(T) * H);
+    float* q = grow(w.q, size_t(T) * Qd);
+    float* att = grow(w.att, size_t(T) * Qd);
+    if (!cached) grow(w.k, size_t(T) * KVd), grow(w.v, size_t(T) * KVd);
+    if (!c.is_moe()) {
+        const size_t I = size_t(c.intermediate_size);
+        grow(w.g, size_t(T) * I), grow(w.u, size_t(T) * I), grow(w.h, size_t(T) * I);
+    }
+    return {xn, q, att, w.g.data(), w.u.data(), w.h.data(), &w.moe, nullptr};
+}
+
+void Model::embed(const int32_t* tokens, int T, float* x) const { gather_rows(embed_, tokens, T, x); }
+
+void Model::run_layer(int l, float* x, int T, const RunHooks& hooks) {
+    const ModelConfig& c = cfg_;
+    if (l < 0 || l >= c.num_layers) fail("run_layer: layer {} of a {}-layer model", l, c.num_layers);
+    if (T <= 0) fail("forward: empty token batch");
+    if (c.max_position_embeddings > 0 && T > c.max_position_embeddings)
+        fail("forward: context of {} tokens exceeds max_position_embeddings {} of the model", T, c.max_position_embeddings);
+    const LayerBuffers buf = layer_buffers(T, false);
+    Workspace& w = *ws_;
+    const LayerKV kv{w.k.data(), w.v.data(), w.k.data(), w.v.data(), T, 0};
+    decoder_layer_forward(c, l, layers_[size_t(l)], inv_freq_, x, T, 0, kv, buf, hooks);
+}
+
 void Model::run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, const RunHooks& hooks) {
     const ModelConfig& c = cfg_;
     const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
@@ -180,16 +209,8 @@ void Model::run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, c
     }
     Workspace& w = *ws_;
     float* x = grow(w.x, size_t(T) * H);
-    float* xn = grow(w.xn, size_t(T) * H);
-    float* q = grow(w.q, size_t(T) * Qd);
-    float* att = grow(w.att, size_t(T) * Qd);
-    if (!cache) grow(w.k, size_t(T) * KVd), grow(w.v, size_t(T) * KVd);
-    if (!c.is_moe()) {
-        const size_t I = size_t(c.intermediate_size);
-        grow(w.g, size_t(T) * I), grow(w.u, size_t(T) * I), grow(w.h, size_t(T) * I);
-    }
     gather_rows(embed_, tokens, T, x);  // x: [T, H]
-    const LayerBuffers buf{xn, q, att, w.g.data(), w.u.data(), w.h.data(), &w.moe, nullptr};
+    const LayerBuffers buf = layer_buffers(T, cache != nullptr);
     for (int l = 0; l < c.num_layers; ++l) {
         // k, v go straight into the cache rows of these positions
         LayerKV kv;

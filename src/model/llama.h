@@ -27,6 +27,7 @@
 namespace moefy {
 
 struct Checkpoint;
+struct LayerBuffers;
 class TensorStore;
 
 // ---- hooks -------------------------------------------------------------------
@@ -155,6 +156,12 @@ public:
     // Σ_{t<T-1} -log p(tokens[t+1] | tokens[..t]), over T-1 predictions from position 0.
     // per_position: optional [T-1] output of the single terms.
     double nll_sum(const int32_t* tokens, int T, const RunHooks& hooks = {}, float* per_position = nullptr);
+    // Layer-major runs (the graph split: each layer's weights read once for
+    // many windows): embed tokens into a residual stream x [T, H], then advance
+    // it one layer at a time from position 0, without a KV cache. embed then
+    // run_layer for l = 0..L-1 is exactly forward's computation.
+    void embed(const int32_t* tokens, int T, float* x) const;
+    void run_layer(int l, float* x, int T, const RunHooks& hooks = {});
     // The final hidden states (after the final RMSNorm, the lm_head input) of
     // tokens[0..T) from position 0: out [T, H].
     void final_hidden(const int32_t* tokens, int T, float* out);
@@ -173,6 +180,7 @@ public:
 private:
     Model();
     void run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, const RunHooks& hooks);
+    LayerBuffers layer_buffers(int T, bool cached);  // the workspace grown for T tokens
     void final_norm(int T);
 
     ModelConfig cfg_;

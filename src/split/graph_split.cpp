@@ -57,9 +57,7 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         fail("the calibration data has {} tokens; the graph split needs at least {} (give more text with --data)", tokens,
              kGraphMinTokens);
 
-    const int L = c.num_layers, I = c.intermediate_size;
-    const size_t per_layer = size_t(I) * size_t(I) * sizeof(float);
-    const int group = std::max(1, int(std::min<size_t>(size_t(L), o.matrix_budget_bytes / per_layer)));
+    const int L = c.num_layers, H = c.hidden_size, I = c.intermediate_size;
     auto model = Model::load(ck);
 
     ExpertPlan plan;
@@ -74,55 +72,64 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
     plan.layers.resize(size_t(L));
     GraphSplitTimings t;
     t.tokens = tokens;
+    t.passes = 1;
     double kept = 0, kept_random = 0;
-    for (int first = 0; first < L; first += group) {
-        const int last = std::min(L, first + group);
+    // Layer-major: every window's residual stream x [T, H] is kept, and layer l
+    // runs on all windows before layer l + 1. So the model is read once, one
+    // co-activation matrix is in memory at a time (485 MB at 7B; a token-major
+    // pass would need all of them, or a pass over the text per group of layers),
+    // and a finished layer's weights leave the resident set. embed + run_layer is
+    // exactly Model::forward, so the statistics are the same.
+    const double e0 = now_s();
+    std::vector<std::vector<float>> xs(windows.size());
+    for (size_t i = 0; i < windows.size(); ++i) {
+        xs[i].resize(windows[i].size() * size_t(H));
+        model->embed(windows[i].data(), int(windows[i].size()), xs[i].data());
+    }
+    t.forward_s += now_s() - e0;
+    for (int l = 0; l < L; ++l) {
         std::vector<std::unique_ptr<CoactivationAccumulator>> accs;
-        for (int l = first; l < last; ++l)
-            accs.push_back(std::make_unique<CoactivationAccumulator>(I, metric, o.chunk_tokens, o.threshold));
+        accs.push_back(std::make_unique<CoactivationAccumulator>(I, metric, o.chunk_tokens, o.threshold));
         CoactObserver obs;
-        obs.first = first;
-        obs.last = last;
+        obs.first = l;
+        obs.last = l + 1;
         obs.use_gate = o.proj == "gate";
         obs.accs = &accs;
         const double t0 = now_s();
         size_t done = 0;
-        for (const auto& w : windows) {
-            model->forward(w.data(), int(w.size()), 0, nullptr, nullptr, RunHooks(&obs));
-            done += w.size();
-            if (progress) progress(fmt::format("layers {}-{}: activations", first, last - 1), double(done), double(tokens));
+        for (size_t i = 0; i < windows.size(); ++i) {
+            model->run_layer(l, xs[i].data(), int(windows[i].size()), RunHooks(&obs));
+            done += windows[i].size();
+            if (progress) progress(fmt::format("layer {}/{}: activations", l + 1, L), double(size_t(l) * tokens + done), double(size_t(L) * tokens));
         }
-        for (auto& a : accs) a->finish();
-        const double pass = now_s() - t0;
+        accs[0]->finish();
         t.accumulate_s += obs.seconds;
-        t.forward_s += pass - obs.seconds;
-        ++t.passes;
-        for (int l = first; l < last; ++l) {
-            const double p0 = now_s();
-            GraphPartitionResult r;
-            if (o.neurons.empty()) {
-                r = partition_coactivation(*accs[size_t(l - first)], o.experts, o.seed + uint64_t(l));
-            } else {
-                // The co-activation graph restricted to the neurons left to route.
-                const std::vector<int32_t>& ids = o.neurons[size_t(l)];
-                const int n = int(ids.size());
-                const std::vector<float> full = accs[size_t(l - first)]->symmetric();
-                std::vector<float> sub(size_t(n) * n);
-                for (int i = 0; i < n; ++i)
-                    for (int j = 0; j < n; ++j) sub[size_t(i) * n + j] = full[size_t(ids[size_t(i)]) * I + size_t(ids[size_t(j)])];
-                r = partition_coactivation(sub.data(), n, o.experts, o.seed + uint64_t(l));
-                for (auto& e : r.experts)
-                    for (int32_t& id : e) id = ids[size_t(id)];
-                for (auto& e : r.experts) std::sort(e.begin(), e.end());
-            }
-            t.partition_s += now_s() - p0;
-            plan.layers[size_t(l)].experts = std::move(r.experts);
-            plan.layers[size_t(l)].stats = r.stats();
-            kept += r.kept_fraction / L;
-            kept_random += r.random_kept_fraction / L;
-            accs[size_t(l - first)].reset();  // free the matrix before the next layer's METIS run
-            if (progress) progress("partition", double(l + 1), double(L));
+        t.forward_s += now_s() - t0 - obs.seconds;
+        for (const std::string& name : ck.tensors->names())
+            if (name.rfind(fmt::format("model.layers.{}.", l), 0) == 0) ck.tensors->release(ck.tensors->get(name));
+
+        const double p0 = now_s();
+        GraphPartitionResult r;
+        if (o.neurons.empty()) {
+            r = partition_coactivation(*accs[0], o.experts, o.seed + uint64_t(l));
+        } else {
+            // The co-activation graph restricted to the neurons left to route.
+            const std::vector<int32_t>& ids = o.neurons[size_t(l)];
+            const int n = int(ids.size());
+            const std::vector<float> full = accs[0]->symmetric();
+            std::vector<float> sub(size_t(n) * n);
+            for (int i = 0; i < n; ++i)
+                for (int j = 0; j < n; ++j) sub[size_t(i) * n + j] = full[size_t(ids[size_t(i)]) * I + size_t(ids[size_t(j)])];
+            r = partition_coactivation(sub.data(), n, o.experts, o.seed + uint64_t(l));
+            for (auto& e : r.experts)
+                for (int32_t& id : e) id = ids[size_t(id)];
+            for (auto& e : r.experts) std::sort(e.begin(), e.end());
         }
+        t.partition_s += now_s() - p0;
+        plan.layers[size_t(l)].experts = std::move(r.experts);
+        plan.layers[size_t(l)].stats = r.stats();
+        kept += r.kept_fraction / L;
+        kept_random += r.random_kept_fraction / L;
     }
     // No wall-clock times in the plan: the same inputs and seed must give the same bytes
     // (timings go to the caller through `timings`).
