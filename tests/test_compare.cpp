@@ -119,6 +119,36 @@ TEST(CompareOracle, PicksLargestMassWithModelWeights) {
     EXPECT_THROW(oracle_route(m, 0, logits, mass, 2, E, 5, sel, w), Error);
 }
 
+// ---- layer-major evaluation --------------------------------------------------------
+
+// evaluate_perplexity and the MoE quality run layer-major over groups of windows;
+// they must be nll_sum window by window, bit for bit, the routing counts included.
+// Windows of 24 tokens and a group limit of 16384: one group; 700 windows: two.
+TEST(CompareLayerMajor, EqualsNllSumWindowByWindow) {
+    Pair p(4, 2, /*uniform=*/false);
+    Checkpoint dc = Checkpoint::open(p.dense_dir), mc = Checkpoint::open(p.moe_dir);
+    auto dense = Model::load(dc);
+    auto moe = Model::load(mc);
+    for (int n : {3, 700}) {
+        auto windows = random_windows(n, 24, 32, 21);
+        for (Model* m : {dense.get(), moe.get()}) {
+            double want = 0;
+            RoutingStats rs;
+            RunHooks hooks;
+            hooks.routing = m->config().is_moe() ? &rs : nullptr;
+            for (const TokenWindow& w : windows) want += m->nll_sum(w.data(), int(w.size()), hooks);
+            const PerplexityResult r = evaluate_perplexity(*m, windows);
+            EXPECT_EQ(r.nll_sum, want) << n << " windows, " << (m == dense.get() ? "dense" : "moe");
+            EXPECT_EQ(r.tokens, size_t(n) * 23u);
+            EXPECT_EQ(r.routing.counts, rs.counts);
+        }
+        const MoEQuality q = evaluate_moe_quality(*moe, *dense, windows, nullptr);
+        double want = 0;
+        for (const TokenWindow& w : windows) want += moe->nll_sum(w.data(), int(w.size()));
+        EXPECT_EQ(q.ppl.nll_sum, want);
+    }
+}
+
 // ---- top-k = E is the dense model ---------------------------------------------------
 
 TEST(CompareReference, AllExpertsUniformEqualsDenseForRouterAndOracle) {

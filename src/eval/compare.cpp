@@ -222,12 +222,11 @@ MoEQuality evaluate_moe_quality(Model& moe, const Model& dense, const std::vecto
     hooks.routing = &q.ppl.routing;
     hooks.route = route;
     const auto t0 = std::chrono::steady_clock::now();
-    for (const TokenWindow& w : windows) {
-        q.ppl.nll_sum += moe.nll_sum(w.data(), int(w.size()), hooks);
-        obs.finish();
-        q.ppl.tokens += w.size() - 1;
-        if (progress) progress(q.ppl.tokens, total);
-    }
+    LayerMajorCallbacks cb;
+    cb.after_window = [&] { obs.finish(); };
+    cb.after_layer = [&](int l) { dense.release_layer(l); };
+    q.ppl.nll_sum = layer_major_nll_sum(moe, windows, hooks, cb, progress);
+    q.ppl.tokens = total;
     q.ppl.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     const RoutingStats& rs = q.ppl.routing;

@@ -24,8 +24,28 @@ struct PerplexityResult {
 // progress(done_tokens, total_tokens)
 using TokenProgress = std::function<void(size_t, size_t)>;
 
+// Runs layer-major (below), so each layer's weights are read once per group of
+// windows and a 7B model never has more than a layer resident.
 PerplexityResult evaluate_perplexity(Model& model, const std::vector<TokenWindow>& windows, const TokenProgress& progress = {},
                                      RouteOverride* route = nullptr);
+
+// Windows at most this many tokens together form one layer-major group (their
+// streams: kLayerMajorGroupTokens x hidden x 4 bytes, 268 MB at 7B).
+constexpr size_t kLayerMajorGroupTokens = 16384;
+
+struct LayerMajorCallbacks {
+    std::function<void()> after_window;    // after each window's run of a layer (hooks close their layer here)
+    std::function<void(int)> after_layer;  // after a group's windows all ran layer l
+};
+
+// Σ over windows of model.nll_sum(window, hooks), computed layer-major: windows in
+// groups of up to kLayerMajorGroupTokens; in a group every window's residual
+// stream advances one layer at a time, and each finished layer's weights leave
+// the resident set (Model::release_layer). The same numbers as nll_sum window by
+// window (embed + run_layer is forward's computation), summed in window order.
+// progress: predicted tokens done (a group's share grows with its layers).
+double layer_major_nll_sum(Model& model, const std::vector<TokenWindow>& windows, const RunHooks& hooks,
+                           const LayerMajorCallbacks& cb = {}, const TokenProgress& progress = {});
 
 // Fails with a clear message when `ctx` is longer than the model supports.
 void check_context(const ModelConfig& cfg, int ctx, const std::string& model_dir);

@@ -114,6 +114,7 @@ std::unique_ptr<Model> Model::load(const Checkpoint& ckpt) { return load(ckpt.co
 std::unique_ptr<Model> Model::load(const ModelConfig& c, const TensorStore& ts) {
     std::unique_ptr<Model> m(new Model());
     m->cfg_ = c;
+    m->store_ = &ts;
     const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim;
     const int64_t Q = int64_t(c.num_heads) * D, KV = int64_t(c.num_kv_heads) * D;
     if (D % 2 != 0) fail("{}: head_dim {} must be even for RoPE", ts.location(), D);
@@ -250,9 +251,26 @@ void Model::final_hidden(const int32_t* tokens, int T, float* out) {
 
 double Model::nll_sum(const int32_t* tokens, int T, const RunHooks& hooks, float* per_position) {
     run_layers(tokens, T, 0, nullptr, hooks);
+    if (T - 1 <= 0) return 0.0;
+    final_norm(T - 1);
+    return nll_of_normed(tokens, T, per_position);
+}
+
+double Model::nll_sum_of_stream(const float* x, const int32_t* tokens, int T, float* per_position) {
+    if (T - 1 <= 0) return 0.0;
+    layers::rmsnorm(x, final_norm_.data(), T - 1, cfg_.hidden_size, cfg_.rms_norm_eps,
+                    grow(ws_->xn, size_t(T - 1) * size_t(cfg_.hidden_size)));
+    return nll_of_normed(tokens, T, per_position);
+}
+
+void Model::release_layer(int l) const {
+    const std::string prefix = names::layer_prefix(l);
+    for (const std::string& name : store_->names())
+        if (name.rfind(prefix, 0) == 0) store_->release(store_->get(name));
+}
+
+double Model::nll_of_normed(const int32_t* tokens, int T, float* per_position) {
     const int n = T - 1;  // predictions
-    if (n <= 0) return 0.0;
-    final_norm(n);
     const int V = cfg_.vocab_size;
     // Logits in vocabulary blocks with a running log-sum-exp per token, so no
     // [T, V] buffer exists and lm_head is converted once.

@@ -162,6 +162,12 @@ public:
     // run_layer for l = 0..L-1 is exactly forward's computation.
     void embed(const int32_t* tokens, int T, float* x) const;
     void run_layer(int l, float* x, int T, const RunHooks& hooks = {});
+    // nll_sum's tail on a stream x [T, H] after the last layer (final norm, lm_head).
+    double nll_sum_of_stream(const float* x, const int32_t* tokens, int T, float* per_position = nullptr);
+    // Drops layer l's weight pages from the resident set (the page cache keeps
+    // them; the next use maps them again): layer-major runs over a large model
+    // keep one layer resident. A no-op for weights not read from a file mapping.
+    void release_layer(int l) const;
     // The final hidden states (after the final RMSNorm, the lm_head input) of
     // tokens[0..T) from position 0: out [T, H].
     void final_hidden(const int32_t* tokens, int T, float* out);
@@ -182,7 +188,9 @@ private:
     void run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, const RunHooks& hooks);
     LayerBuffers layer_buffers(int T, bool cached);  // the workspace grown for T tokens
     void final_norm(int T);
+    double nll_of_normed(const int32_t* tokens, int T, float* per_position);  // on ws_->xn
 
+    const TensorStore* store_ = nullptr;  // the checkpoint's (outlives the model)
     ModelConfig cfg_;
     std::vector<LayerWeights> layers_;
     WeightRef embed_, lm_head_;

@@ -10,6 +10,8 @@ namespace moefy::names {
 inline std::string embed() { return "model.embed_tokens.weight"; }
 inline std::string final_norm() { return "model.norm.weight"; }
 inline std::string lm_head() { return "lm_head.weight"; }
+// Every tensor of decoder layer l starts with this.
+inline std::string layer_prefix(int l) { return fmt::format("model.layers.{}.", l); }
 inline std::string attn(int l, const char* p) { return fmt::format("model.layers.{}.self_attn.{}_proj.weight", l, p); }  // p: q k v o
 inline std::string input_norm(int l) { return fmt::format("model.layers.{}.input_layernorm.weight", l); }
 inline std::string post_norm(int l) { return fmt::format("model.layers.{}.post_attention_layernorm.weight", l); }

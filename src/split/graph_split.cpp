@@ -105,8 +105,7 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         accs[0]->finish();
         t.accumulate_s += obs.seconds;
         t.forward_s += now_s() - t0 - obs.seconds;
-        for (const std::string& name : ck.tensors->names())
-            if (name.rfind(fmt::format("model.layers.{}.", l), 0) == 0) ck.tensors->release(ck.tensors->get(name));
+        model->release_layer(l);
 
         const double p0 = now_s();
         GraphPartitionResult r;
