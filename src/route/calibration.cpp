@@ -9,6 +9,7 @@
 #include "model/llama.h"
 #include "split/expert_plan.h"
 #include "model/matmul.h"
+#include "model/parallel.h"
 
 namespace moefy {
 
@@ -66,13 +67,20 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
         float* dst = hp.data() + size_t(t) * P;
         for (int p = 0; p < P; ++p) dst[p] = src[bl.ids[size_t(p)]];
     }
-    // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded:
-    // its results depend on its thread count, and these statistics must not.
+    // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded
+    // (its results depend on its thread count, and these statistics must not) on fixed
+    // blocks of tokens that the engine threads share: the same bits for any thread count.
+    constexpr int kRows = 128;
     BlasSingleThread one_thread;
-    for (int j = 0; j < B; ++j)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, bl.width[size_t(j)], 1.0f, hp.data() + bl.off[size_t(j)], P,
-                    wp.data() + bl.off[size_t(j)], P, 0.0f, y.data() + size_t(j) * H, B * H);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, I, 1.0f, h, I, wd, I, 0.0f, d.data(), H);
+    parallel_for_each((n + kRows - 1) / kRows, [&](int64_t blk) {
+        const int t0 = int(blk) * kRows, m = std::min(kRows, n - t0);
+        for (int j = 0; j < B; ++j)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, H, bl.width[size_t(j)], 1.0f,
+                        hp.data() + size_t(t0) * P + bl.off[size_t(j)], P, wp.data() + bl.off[size_t(j)], P, 0.0f,
+                        y.data() + size_t(t0) * B * H + size_t(j) * H, B * H);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, H, I, 1.0f, h + size_t(t0) * I, I, wd, I, 0.0f,
+                    d.data() + size_t(t0) * H, H);
+    });
 
     const size_t base = size_t(c.N), tri = c.tri();
     c.x.resize((base + n) * H);

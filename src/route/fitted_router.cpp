@@ -33,10 +33,21 @@ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
         return;
     }
+    // Four dot products per sweep of a row of A: four independent accumulator
+    // chains, and the row is loaded once for them.
 #pragma omp parallel for schedule(static)
     for (int m = 0; m < M; ++m) {
         const float* a = A + size_t(m) * K;
-        for (int n = 0; n < N; ++n) {
+        int n = 0;
+        for (; n + 4 <= N; n += 4) {
+            const float *b0 = B + size_t(n) * K, *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int k = 0; k < K; ++k) s0 += a[k] * b0[k], s1 += a[k] * b1[k], s2 += a[k] * b2[k], s3 += a[k] * b3[k];
+            float* c = C + size_t(m) * N + n;
+            c[0] = s0, c[1] = s1, c[2] = s2, c[3] = s3;
+        }
+        for (; n < N; ++n) {
             const float* b = B + size_t(n) * K;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -48,12 +59,22 @@ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
 // C[M, N] = A[K, M]ᵀ · B[K, N]
 void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
     if (M > kSkinny) {
+        // Fixed column blocks of C, one single-threaded sgemm each, shared by the
+        // threads: both cores busy, the same bits for any thread count.
+        constexpr int kCols = 512;
         BlasSingleThread one_thread;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N);
+        const int blocks = (N + kCols - 1) / kCols;
+#pragma omp parallel for schedule(dynamic)
+        for (int b = 0; b < blocks; ++b) {
+            const int n0 = b * kCols, nn = std::min(kCols, N - n0);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, nn, K, 1.0f, A, M, B + n0, N, 0.0f, C + n0, N);
+        }
         return;
     }
     // Partial sums over a fixed split of K (not one per thread), added in block
-    // order: the same bits whatever OMP_NUM_THREADS is.
+    // order: the same bits whatever OMP_NUM_THREADS is. Within a block, columns
+    // in tiles of kTile so the M x kTile partial sums stay in L1 over the k loop.
+    constexpr int kTile = 256;
     const size_t MN = size_t(M) * N;
     const int blocks = std::max(1, std::min(K, kSumBlocks));
     std::vector<float> parts(size_t(blocks) * MN, 0.0f);
@@ -61,14 +82,17 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
     for (int blk = 0; blk < blocks; ++blk) {
         float* part = parts.data() + size_t(blk) * MN;
         const int k0 = int(int64_t(K) * blk / blocks), k1 = int(int64_t(K) * (blk + 1) / blocks);
-        for (int k = k0; k < k1; ++k) {
-            const float* a = A + size_t(k) * M;
-            const float* b = B + size_t(k) * N;
-            for (int m = 0; m < M; ++m) {
-                const float am = a[m];
-                float* p = part + size_t(m) * N;
+        for (int n0 = 0; n0 < N; n0 += kTile) {
+            const int nn = std::min(kTile, N - n0);
+            for (int k = k0; k < k1; ++k) {
+                const float* a = A + size_t(k) * M;
+                const float* b = B + size_t(k) * N + n0;
+                for (int m = 0; m < M; ++m) {
+                    const float am = a[m];
+                    float* p = part + size_t(m) * N + n0;
 #pragma omp simd
-                for (int n = 0; n < N; ++n) p[n] += am * b[n];
+                    for (int n = 0; n < nn; ++n) p[n] += am * b[n];
+                }
             }
         }
     }

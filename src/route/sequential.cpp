@@ -111,11 +111,15 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
         rr.over_all = ro.combine == CombineRule::SoftmaxAll;
         rr.scale = lr.scale;
         rr.shared_weight = ro.calib.shared_weight;
-        std::vector<float> down = wd;
-        if (refit) out.refit.layers.push_back(refit_layer_from_acts(lp, rr, wd.data(), H, acts, refit_opt, down));
+        std::vector<float> down;
+        if (refit) {
+            down = wd;
+            out.refit.layers.push_back(refit_layer_from_acts(lp, rr, wd.data(), H, acts, refit_opt, down));
+        }
 
-        // Through the converted layer: x = x_mid + W' z.
-        const WeightRef Wd{down.data(), DType::F32, H, I};
+        // Through the converted layer: x = x_mid + W' z, W' the refitted down projection (f32)
+        // or, without a refit, the stored one as the converted model runs it.
+        const WeightRef Wd = refit ? WeightRef{down.data(), DType::F32, H, I} : lw.ffn.down;
         for (Stream& s : streams) {
             ffn_inputs(s, lw);
             masked_activations(lp, rr, xn.data(), h.data(), s.T, I, z.data());
