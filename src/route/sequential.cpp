@@ -129,6 +129,7 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
         out.build.scales.push_back(lr.scale);
         out.build.layers.push_back(lr.report);
         if (refit) out.refit.down.push_back(std::move(down));
+        dense.release_layer(l);  // one layer pass: a 7B model keeps one layer resident
         if (progress) progress(size_t(l + 1), size_t(L));
     }
     out.build.seconds_calib = since(t0);
