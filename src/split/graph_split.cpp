@@ -17,16 +17,16 @@ namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// Hands the chosen activation of the wanted layers to their accumulators.
+// Hands one layer's chosen activation to its accumulator.
 struct CoactObserver : FfnObserver {
-    int first = 0, last = 0;  // layers [first, last)
+    int layer = 0;
     bool use_gate = false;
-    std::vector<std::unique_ptr<CoactivationAccumulator>>* accs = nullptr;
+    CoactivationAccumulator* acc = nullptr;
     std::vector<float> buf;
     double seconds = 0;
 
-    bool wants(int layer) const override { return layer >= first && layer < last; }
-    void on_ffn(int layer, const FfnActs& a) override {
+    bool wants(int l) const override { return l == layer; }
+    void on_ffn(int, const FfnActs& a) override {
         double t0 = now_s();
         const float* src = a.h;
         if (use_gate) {  // silu(gate)
@@ -34,7 +34,7 @@ struct CoactObserver : FfnObserver {
             for (size_t i = 0; i < buf.size(); ++i) buf[i] = a.gate[i] / (1.0f + std::exp(-a.gate[i]));
             src = buf.data();
         }
-        (*accs)[size_t(layer - first)]->add(src, a.n);
+        acc->add(src, a.n);
         seconds += now_s() - t0;
     }
 };
@@ -88,13 +88,11 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
     }
     t.forward_s += now_s() - e0;
     for (int l = 0; l < L; ++l) {
-        std::vector<std::unique_ptr<CoactivationAccumulator>> accs;
-        accs.push_back(std::make_unique<CoactivationAccumulator>(I, metric, o.chunk_tokens, o.threshold));
+        CoactivationAccumulator acc(I, metric, o.chunk_tokens, o.threshold);
         CoactObserver obs;
-        obs.first = l;
-        obs.last = l + 1;
+        obs.layer = l;
         obs.use_gate = o.proj == "gate";
-        obs.accs = &accs;
+        obs.acc = &acc;
         const double t0 = now_s();
         size_t done = 0;
         for (size_t i = 0; i < windows.size(); ++i) {
@@ -102,7 +100,7 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
             done += windows[i].size();
             if (progress) progress(fmt::format("layer {}/{}: activations", l + 1, L), double(size_t(l) * tokens + done), double(size_t(L) * tokens));
         }
-        accs[0]->finish();
+        acc.finish();
         t.accumulate_s += obs.seconds;
         t.forward_s += now_s() - t0 - obs.seconds;
         model->release_layer(l);
@@ -110,12 +108,12 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         const double p0 = now_s();
         GraphPartitionResult r;
         if (o.neurons.empty()) {
-            r = partition_coactivation(*accs[0], o.experts, o.seed + uint64_t(l));
+            r = partition_coactivation(acc, o.experts, o.seed + uint64_t(l));
         } else {
             // The co-activation graph restricted to the neurons left to route.
             const std::vector<int32_t>& ids = o.neurons[size_t(l)];
             const int n = int(ids.size());
-            const std::vector<float> full = accs[0]->symmetric();
+            const std::vector<float> full = acc.symmetric();
             std::vector<float> sub(size_t(n) * n);
             for (int i = 0; i < n; ++i)
                 for (int j = 0; j < n; ++j) sub[size_t(i) * n + j] = full[size_t(ids[size_t(i)]) * I + size_t(ids[size_t(j)])];
