@@ -35,22 +35,35 @@ ProgressBar::ProgressBar(std::string label) : label_(std::move(label)), start_(n
 ProgressBar::~ProgressBar() { finish(); }
 
 void ProgressBar::update(double done, double total, const std::string& unit) {
-    if (!tty_) return;
-    double t = now_s();
-    if (t - last_draw_ < 0.1 && done < total) return;
+    const double t = now_s();
+    // A terminal gets a bar redrawn in place; a log (redirect, pipe) gets a plain
+    // line at most every kLogInterval seconds, so a long run still shows progress
+    // and ETA and a short one prints nothing.
+    if (tty_ ? (t - last_draw_ < 0.1 && done < total) : (t - (last_draw_ < 0 ? start_ : last_draw_) < kLogInterval))
+        return;
     last_draw_ = t;
-    double frac = total > 0 ? std::min(1.0, done / total) : 0.0;
-    double el = t - start_;
-    double eta = frac > 0 ? el * (1 - frac) / frac : 0;
-    int width = 30, fill = int(frac * width);
-    std::fprintf(stderr, "\r%s [%.*s%*s] %5.1f%% %.0f/%.0f %s  %.0fs elapsed, ETA %.0fs   ", label_.c_str(), fill,
-                 "##############################", width - fill, "", 100 * frac, done, total, unit.c_str(), el, eta);
+    const double frac = total > 0 ? std::min(1.0, done / total) : 0.0;
+    const double el = t - start_;
+    const double eta = frac > 0 ? el * (1 - frac) / frac : 0;
+    if (tty_) {
+        const int width = 30, fill = int(frac * width);
+        std::fprintf(stderr, "\r%s [%.*s%*s] %5.1f%% %.0f/%.0f %s  %.0fs elapsed, ETA %.0fs   ", label_.c_str(), fill,
+                     "##############################", width - fill, "", 100 * frac, done, total, unit.c_str(), el, eta);
+    } else {
+        std::fprintf(stderr, "%s: %5.1f%% %.0f/%.0f %s, %.0fs elapsed, ETA %.0fs\n", label_.c_str(), 100 * frac, done, total,
+                     unit.c_str(), el, eta);
+    }
     std::fflush(stderr);
     drawn_ = true;
 }
 
 void ProgressBar::finish() {
-    if (drawn_) std::fprintf(stderr, "\n");
+    if (drawn_) {
+        if (tty_)
+            std::fprintf(stderr, "\n");
+        else
+            std::fprintf(stderr, "%s: done in %.0fs\n", label_.c_str(), now_s() - start_);
+    }
     drawn_ = false;
 }
 

@@ -34,14 +34,16 @@ struct CommandRegistrar {
 // The `split` command group; each split method adds its own subcommand to it.
 CLI::App* split_group(CLI::App& app);
 
-// Draws a one-line progress bar with an ETA on stderr when it is a terminal;
-// otherwise prints nothing. Use as a library progress callback.
+// Progress with an ETA on stderr: a bar redrawn in place on a terminal, a plain
+// line every kLogInterval seconds otherwise (a log of a long run). Use as a
+// library progress callback.
 class ProgressBar {
 public:
     explicit ProgressBar(std::string label);
     ~ProgressBar();
     void update(double done, double total, const std::string& unit = "");
     void finish();
+    static constexpr double kLogInterval = 10;  // seconds between lines when stderr is not a terminal
 
 private:
     std::string label_;
