@@ -229,27 +229,14 @@ TEST(ImportanceTest, RanksSumToTheSingleProcessResult) {
 }
 
 TEST(ImportanceTest, MpirunMatchesOneProcess) {
-    if (!RankGroup::built_with_mpi()) GTEST_SKIP() << "moefy built without MPI";
-    if (std::system("command -v mpirun >/dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun";
+    if (const std::string why = mpirun_missing(); !why.empty()) GTEST_SKIP() << why;
     TempDir tmp;
     const std::string model = tiny_text_model(tmp.path + "/model"), data = cluster_dir(tmp.path + "/clusters", 3);
     const std::string args = "importance --model " + model + " --data " + data + " --ctx 40 --max-tokens-per-cluster 200";
     const CliResult a = run_cli(args + " --out " + tmp.path + "/one.safetensors");
     ASSERT_EQ(a.status, 0) << a.out;
-    // --oversubscribe: a machine with fewer cores than ranks still runs. Under the
-    // sanitizer build the ranks run without LeakSanitizer: Open MPI's components,
-    // dlopen'ed and unloaded at MPI_Finalize, leave allocations LSan can attribute
-    // to no library (so no suppression can name them); every other check stays on.
-    const char* asan = std::getenv("ASAN_OPTIONS");
-    const std::string env = asan ? "ASAN_OPTIONS='" + std::string(asan) + ":detect_leaks=0' " : "";
-    const std::string mpi = env + "mpirun --allow-run-as-root --oversubscribe -np 2 " + std::string(MOEFY_CLI_PATH) + " " + args +
-                            " --out " + tmp.path + "/two.safetensors 2>&1";
-    FILE* p = popen(mpi.c_str(), "r");
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    ASSERT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+    const CliResult b = run_cli_mpi(2, args + " --out " + tmp.path + "/two.safetensors");
+    ASSERT_EQ(b.status, 0) << b.out;
     const ImportanceFile one = read_importance(tmp.path + "/one.safetensors");
     const ImportanceFile two = read_importance(tmp.path + "/two.safetensors");
     EXPECT_EQ(one.metadata.at("ranks"), "1");

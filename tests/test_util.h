@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "mpi/rank_group.h"
 
 struct TempDir {
     std::string path;
@@ -63,13 +65,35 @@ struct CliResult {
 
 // Runs the moefy CLI with `args` (already shell-quoted where needed); `env`:
 // VAR=value assignments for that run only.
-inline CliResult run_cli(const std::string& args, const std::string& env = "") {
-    std::string cmd = env + (env.empty() ? "" : " ") + std::string(MOEFY_CLI_PATH) + " " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
+inline CliResult run_shell(const std::string& cmd) {
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
     std::string out;
     char buf[4096];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
     int st = pclose(p);
     return {WEXITSTATUS(st), out};
+}
+
+inline CliResult run_cli(const std::string& args, const std::string& env = "") {
+    return run_shell(env + (env.empty() ? "" : " ") + std::string(MOEFY_CLI_PATH) + " " + args);
+}
+
+// Why a test of `mpirun -np N moefy ...` cannot run here ("" when it can).
+inline std::string mpirun_missing() {
+    if (!moefy::RankGroup::built_with_mpi()) return "moefy built without MPI";
+    if (std::system("command -v mpirun >/dev/null 2>&1") != 0) return "no mpirun";
+    return "";
+}
+
+// The CLI under `mpirun -np ranks`. --oversubscribe: a machine with fewer cores
+// than ranks still runs. Under the sanitizer build the ranks run without
+// LeakSanitizer: Open MPI's components, dlopen'ed and unloaded at MPI_Finalize,
+// leave allocations LSan can attribute to no library (so no suppression can
+// name them); every other check stays on.
+inline CliResult run_cli_mpi(int ranks, const std::string& args) {
+    const char* asan = std::getenv("ASAN_OPTIONS");
+    const std::string env = asan ? "ASAN_OPTIONS='" + std::string(asan) + ":detect_leaks=0' " : "";
+    return run_shell(env + "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " " +
+                     std::string(MOEFY_CLI_PATH) + " " + args);
 }

@@ -7,6 +7,7 @@
 #include "cli/cli_common.h"
 #include "cli/moe_options.h"
 #include "common/error.h"
+#include "mpi/rank_group.h"
 #include "pipeline/build.h"
 
 namespace moefy::cli {
@@ -86,9 +87,14 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
     cmd->callback([o] {
         if (!o->report.empty() && o->b.eval_data.empty())
             fail("--report needs --eval-data (the report plots the evaluation)");
+        // Under mpirun the ranks share the model-running stages and rank 0 writes and prints.
+        const MpiSession mpi;
+        const RankGroup& group = mpi.group();
+        if (group.size() > 1 && o->budget > 0) fail("--budget does not run under mpirun (run it as one process)");
         std::unique_ptr<ProgressBar> bar;
         std::string current;
         auto progress = [&](const std::string& stage, double d, double n) {
+            if (group.rank() != 0) return;
             if (stage != current) {
                 bar.reset();
                 bar = std::make_unique<ProgressBar>(stage);
@@ -101,8 +107,9 @@ MOEFY_COMMAND(50, [](CLI::App& app) {
             o->b.calib_data = bundled_file("data/calib.jsonl");
             if (!o->b.calib_data.empty()) fmt::print(stderr, "calibration text: {} (bundled; --data FILE for your own)\n", o->b.calib_data);
         }
-        BuildResult r = o->budget > 0 ? run_budget_build(o->b, o->budget, o->space, progress) : run_build(o->b, progress);
+        BuildResult r = o->budget > 0 ? run_budget_build(o->b, o->budget, o->space, progress) : run_build(o->b, progress, group);
         bar.reset();
+        if (group.rank() != 0) return;
         if (!o->report.empty()) write_build_report(r, o->report);
         if (o->json) {
             nlohmann::json j = build_json(r);

@@ -16,6 +16,7 @@
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
+#include "mpi/rank_group.h"
 #include "split/expert_plan.h"
 #include "tokenizer/tokenizer.h"
 
@@ -102,6 +103,9 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
         cmd, "--max-shard-size", c.max_shard_bytes, [](const std::string& s) { return parse_byte_size(s, "--max-shard-size"); },
         "Largest safetensors file before sharding (e.g. 5GB, 500MB)", "5GB");
     cmd->callback([o] {
+        // Under mpirun the ranks share the sequential calibration and rank 0 writes.
+        const MpiSession mpi;
+        const RankGroup& group = mpi.group();
         ConvertOptions& opt = o->convert;
         opt.gate_softmax = !o->no_softmax;
         opt.multiply_gate_scores = !o->no_multiply;
@@ -116,6 +120,7 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
             fail("--plan is required (only --format gguf converts a dense model without one)");
         const Checkpoint dense = Checkpoint::open(o->model);
         if (o->plan.empty()) {
+            if (group.rank() != 0) return;  // nothing to share: rank 0 converts
             ProgressBar bar("convert");
             const GgufReport r = convert_to_gguf(dense, nullptr, o->out, opt, gguf_options(opt),
                                                  [&](double done, double total) { bar.update(done / 1e9, total / 1e9, "GB"); });
@@ -138,10 +143,12 @@ MOEFY_COMMAND(40, [](CLI::App& app) {
             auto tok = Tokenizer::from_dir(o->model);
             calib = make_windows(read_documents(calib_path, o->text_field), *tok, {o->ctx, o->calib_tokens, true});
         }
-        ProgressBar cbar("calibrate");
-        const CalibratedRouting cr = calibrate_routing(dense, plan, o->routing, o->extras, calib, calib_path, opt,
-                                                       [&](const char* stage, double d, double n) { cbar.update(d, n, stage); });
+        ProgressBar cbar(group.size() > 1 ? fmt::format("calibrate (rank 0 of {})", group.size()) : "calibrate");
+        const CalibratedRouting cr = calibrate_routing(
+            dense, plan, o->routing, o->extras, calib, calib_path, opt,
+            [&](const char* stage, double d, double n) { if (group.rank() == 0) cbar.update(d, n, stage); }, group);
         cbar.finish();
+        if (group.rank() != 0) return;
         const RoutingResult& routing = cr.routing;
         if (cr.refit)
             fmt::print("refit: down projections for this routing on {} tokens per layer{}\n", cr.refit_tokens,

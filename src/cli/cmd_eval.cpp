@@ -1,5 +1,6 @@
 // moefy eval --model DIR --data FILE [--ctx 512] [--max-tokens N] [--text-field F] [--json]
 //            [--reference DENSE_DIR [--oracle]]
+// Under mpirun (moefy built with MPI) the ranks share the windows and rank 0 prints.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include "eval/compare.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
+#include "mpi/rank_group.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moefy::cli {
@@ -62,6 +64,10 @@ MOEFY_COMMAND(70, [](CLI::App& app) {
     cmd->add_flag("--oracle", o->oracle,
                   "With --reference: also evaluate oracle routing (the experts with the largest true output per token)");
     cmd->callback([o] {
+        const MpiSession mpi;  // MPI from here to the end of the command, when started by mpirun
+        const RankGroup& group = mpi.group();
+        const bool printer = group.rank() == 0;
+        const std::string label = group.size() > 1 ? fmt::format("eval (rank 0 of {})", group.size()) : "eval";
         if (o->oracle && o->reference.empty()) fail("--oracle needs --reference DENSE_DIR");
         Checkpoint ck = Checkpoint::open(o->model);
         check_context(ck.config, o->ctx, o->model);
@@ -73,11 +79,15 @@ MOEFY_COMMAND(70, [](CLI::App& app) {
             Checkpoint ref = Checkpoint::open(o->reference);
             check_reference_pair(ck, ref);
             auto dense = Model::load(ref);
-            ProgressBar bar("eval");
-            ReferenceComparison c = compare_with_reference(*model, *dense, windows, o->oracle, [&](const char* stage, size_t d, size_t t) {
-                bar.update(double(d), double(t), std::string("tokens (") + stage + ")");
-            });
+            ProgressBar bar(label);
+            ReferenceComparison c = compare_with_reference(
+                *model, *dense, windows, o->oracle,
+                [&](const char* stage, size_t d, size_t t) {
+                    if (printer) bar.update(double(d), double(t), std::string("tokens (") + stage + ")");
+                },
+                group);
             bar.finish();
+            if (!printer) return;
             nlohmann::json j = comparison_json(c);
             j["model"] = o->model;
             j["reference"] = o->reference;
@@ -94,9 +104,11 @@ MOEFY_COMMAND(70, [](CLI::App& app) {
             print_comparison(c);
             return;
         }
-        ProgressBar bar("eval");
-        PerplexityResult r = evaluate_perplexity(*model, windows, [&](size_t d, size_t t) { bar.update(double(d), double(t), "tokens"); });
+        ProgressBar bar(label);
+        PerplexityResult r = evaluate_perplexity(
+            *model, windows, [&](size_t d, size_t t) { if (printer) bar.update(double(d), double(t), "tokens"); }, nullptr, group);
         bar.finish();
+        if (!printer) return;
         nlohmann::json j = {{"model", o->model},
                             {"data", o->data},
                             {"documents", docs.size()},

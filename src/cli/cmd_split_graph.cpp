@@ -4,6 +4,7 @@
 #include "data/documents.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
+#include "mpi/rank_group.h"
 #include "split/coactivation.h"
 #include "split/graph_split.h"
 #include "split/shared_split.h"
@@ -40,6 +41,8 @@ MOEFY_COMMAND(22, [](CLI::App& app) {
     cmd->add_option("--shared-criterion", o->shared_criterion, "Shared neurons by activation rate or mass (mean |h|)")
         ->capture_default_str();
     cmd->callback([o] {
+        const MpiSession mpi;  // under mpirun the ranks share the text and rank 0 writes
+        const RankGroup& group = mpi.group();
         parse_coact_metric(o->s.metric);  // refuse an unknown metric before any work
         Checkpoint ck = Checkpoint::open(o->model);
         check_context(ck.config, o->ctx, o->model);
@@ -53,10 +56,12 @@ MOEFY_COMMAND(22, [](CLI::App& app) {
             s.experts -= o->shared;
             s.neurons = sc->rest;
         }
-        ProgressBar bar("graph");
+        ProgressBar bar(group.size() > 1 ? fmt::format("graph (rank 0 of {})", group.size()) : "graph");
         GraphSplitTimings t;
-        ExpertPlan p = graph_split(ck, windows, s, [&](const std::string&, double d, double n) { bar.update(d, n); }, &t);
+        ExpertPlan p = graph_split(
+            ck, windows, s, [&](const std::string&, double d, double n) { if (group.rank() == 0) bar.update(d, n); }, &t, group);
         bar.finish();
+        if (group.rank() != 0) return;
         if (sc) attach_shared(p, *sc);
         p.save(o->out);
         print_plan_summary(p, o->out);

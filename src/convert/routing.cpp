@@ -106,7 +106,8 @@ RoutingResult apply_routing_with(const ExpertPlan& plan, const RoutingChoice& c,
 
 CalibratedRouting calibrate_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
                                     const RoutingExtras& extras, const std::vector<TokenWindow>& calib,
-                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress) {
+                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress,
+                                    const RankGroup& group) {
     using Clock = std::chrono::steady_clock;
     auto since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
     CalibratedRouting out;
@@ -122,9 +123,9 @@ CalibratedRouting calibrate_routing(const Checkpoint& dense, const ExpertPlan& p
         out.routing = apply_routing_with(plan, c, calib_file, co, [&](const RouterOptions& opt) {
             ro = opt;
             ropt.max_tokens = opt.calib.max_tokens;
-            seq = calibrate_sequentially(*model, plan, opt, calib, refit_wanted, ropt, {}, [&](size_t d, size_t n) {
-                if (progress) progress("calibrate", double(d), double(n));
-            });
+            seq = calibrate_sequentially(
+                *model, plan, opt, calib, refit_wanted, ropt, {},
+                [&](size_t d, size_t n) { if (progress) progress("calibrate", double(d), double(n)); }, group);
             return seq->build;
         });
     } else {

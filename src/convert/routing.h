@@ -13,6 +13,7 @@
 
 #include "convert/convert.h"
 #include "data/documents.h"
+#include "mpi/rank_group.h"
 #include "route/build_routers.h"
 #include "route/refit.h"
 
@@ -103,10 +104,13 @@ struct CalibratedRouting {
 };
 
 // apply_routing, then the extras: co.down_proj and co.provenance ("refit",
-// "sequential") are set for the converter.
+// "sequential") are set for the converter. The sequential calibration is
+// data-parallel over `group` (route/sequential.h); the other routings run
+// whole on every rank.
 CalibratedRouting calibrate_routing(const Checkpoint& dense, const ExpertPlan& plan, const RoutingChoice& c,
                                     const RoutingExtras& extras, const std::vector<TokenWindow>& calib,
-                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress = {});
+                                    const std::string& calib_file, ConvertOptions& co, const RouterProgress& progress = {},
+                                    const RankGroup& group = {});
 
 // What config.json records under "moefy" about routers built here:
 // {"router": {kind, weighting, scale}} plus {"calibration": {file, tokens_per_layer}}

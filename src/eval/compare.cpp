@@ -135,6 +135,10 @@ public:
     void finish();
     double num(int l) const { return num_[size_t(l)]; }
     double den(int l) const { return den_[size_t(l)]; }
+    void sum_over(const RankGroup& group) {
+        group.sum(num_.data(), num_.size());
+        group.sum(den_.data(), den_.size());
+    }
 
 private:
     void begin_layer(int l, const FfnActs& a);
@@ -204,7 +208,7 @@ void FfnErrorObserver::finish() {
 }  // namespace
 
 MoEQuality evaluate_moe_quality(Model& moe, const Model& dense, const std::vector<TokenWindow>& windows, RouteOverride* route,
-                                const TokenProgress& progress) {
+                                const TokenProgress& progress, const RankGroup& group) {
     const ModelConfig& mc = moe.config();
     const ModelConfig& dc = dense.config();
     if (!mc.is_moe()) fail("FFN error: the model under test is dense");
@@ -225,7 +229,9 @@ MoEQuality evaluate_moe_quality(Model& moe, const Model& dense, const std::vecto
     LayerMajorCallbacks cb;
     cb.after_window = [&] { obs.finish(); };
     cb.after_layer = [&](int l) { dense.release_layer(l); };
-    q.ppl.nll_sum = layer_major_nll_sum(moe, windows, hooks, cb, progress);
+    q.ppl.nll_sum = layer_major_nll_sum(moe, windows, hooks, cb, progress, group);
+    obs.sum_over(group);
+    sum_over_ranks(group, moe, q.ppl.routing);
     q.ppl.tokens = total;
     q.ppl.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -245,17 +251,17 @@ MoEQuality evaluate_moe_quality(Model& moe, const Model& dense, const std::vecto
 }
 
 ReferenceComparison compare_with_reference(Model& moe, Model& dense, const std::vector<TokenWindow>& windows, bool oracle,
-                                           const CompareProgress& progress) {
+                                           const CompareProgress& progress, const RankGroup& group) {
     auto stage = [&](const char* name) -> TokenProgress {
         if (!progress) return {};
         return [&progress, name](size_t d, size_t t) { progress(name, d, t); };
     };
     ReferenceComparison c;
-    c.dense = evaluate_perplexity(dense, windows, stage("dense"));
-    c.moe = evaluate_moe_quality(moe, dense, windows, nullptr, stage("moe"));
+    c.dense = evaluate_perplexity(dense, windows, stage("dense"), nullptr, group);
+    c.moe = evaluate_moe_quality(moe, dense, windows, nullptr, stage("moe"), group);
     if (oracle) {
         OracleRoute route(moe.config().moe);
-        c.oracle = evaluate_moe_quality(moe, dense, windows, &route, stage("oracle"));
+        c.oracle = evaluate_moe_quality(moe, dense, windows, &route, stage("oracle"), group);
     }
     return c;
 }

@@ -96,12 +96,14 @@ using CompareProgress = std::function<void(const char* stage, size_t done, size_
 
 // The MoE model over `windows` with `route` (nullptr: its own router),
 // measuring FFN error against `dense` in every MoE layer and expert load.
+// Data-parallel over `group` as evaluate_perplexity.
 MoEQuality evaluate_moe_quality(Model& moe, const Model& dense, const std::vector<TokenWindow>& windows,
-                                RouteOverride* route = nullptr, const TokenProgress& progress = {});
+                                RouteOverride* route = nullptr, const TokenProgress& progress = {},
+                                const RankGroup& group = {});
 
 // Dense perplexity, MoE quality and, when `oracle`, oracle-routed quality, all on `windows`.
 ReferenceComparison compare_with_reference(Model& moe, Model& dense, const std::vector<TokenWindow>& windows, bool oracle,
-                                           const CompareProgress& progress = {});
+                                           const CompareProgress& progress = {}, const RankGroup& group = {});
 
 // {"tokens", "perplexity", "mean_nll", "seconds", "layers": [{"layer", "ffn_rel_error", "load", "load_cv"}]}
 nlohmann::json quality_json(const MoEQuality& q);

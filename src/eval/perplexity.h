@@ -8,6 +8,7 @@
 
 #include "data/documents.h"
 #include "model/llama.h"
+#include "mpi/rank_group.h"
 
 namespace moefy {
 
@@ -25,9 +26,10 @@ struct PerplexityResult {
 using TokenProgress = std::function<void(size_t, size_t)>;
 
 // Runs layer-major (below), so each layer's weights are read once per group of
-// windows and a 7B model never has more than a layer resident.
+// windows and a 7B model never has more than a layer resident. Data-parallel
+// over `group` (windows round-robin); every rank gets the whole result.
 PerplexityResult evaluate_perplexity(Model& model, const std::vector<TokenWindow>& windows, const TokenProgress& progress = {},
-                                     RouteOverride* route = nullptr);
+                                     RouteOverride* route = nullptr, const RankGroup& group = {});
 
 // Windows at most this many tokens together form one layer-major group (their
 // streams: kLayerMajorGroupTokens x hidden x 4 bytes, 268 MB at 7B).
@@ -44,8 +46,15 @@ struct LayerMajorCallbacks {
 // the resident set (Model::release_layer). The same numbers as nll_sum window by
 // window (embed + run_layer is forward's computation), summed in window order.
 // progress: predicted tokens done (a group's share grows with its layers).
+// Data-parallel: a rank runs windows i with i mod size == rank (hooks and
+// callbacks see only those), the per-window sums are all-reduced and added in
+// window order, so every rank returns what one process returns.
 double layer_major_nll_sum(Model& model, const std::vector<TokenWindow>& windows, const RunHooks& hooks,
-                           const LayerMajorCallbacks& cb = {}, const TokenProgress& progress = {});
+                           const LayerMajorCallbacks& cb = {}, const TokenProgress& progress = {},
+                           const RankGroup& group = {});
+
+// Routing counts summed over the ranks (every rank gets the total).
+void sum_over_ranks(const RankGroup& group, const Model& model, RoutingStats& rs);
 
 // Fails with a clear message when `ctx` is longer than the model supports.
 void check_context(const ModelConfig& cfg, int ctx, const std::string& model_dir);

@@ -40,19 +40,33 @@ RankGroup RankGroup::simulated(int rank, int size) {
     return g;
 }
 
+#ifdef MOEFY_WITH_MPI
+namespace {
+// In place, in pieces: MPI counts are int.
+void allreduce_sum(void* v, size_t n, size_t elem, MPI_Datatype type) {
+    constexpr size_t kChunk = size_t(1) << 24;
+    for (size_t i = 0; i < n; i += kChunk)
+        MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(v) + i * elem, int(std::min(kChunk, n - i)), type, MPI_SUM,
+                      MPI_COMM_WORLD);
+}
+}  // namespace
+#endif
+
 void RankGroup::sum(double* v, size_t n) const {
 #ifdef MOEFY_WITH_MPI
-    if (!mpi_ || size_ == 1) return;
-    constexpr size_t kChunk = size_t(1) << 24;  // MPI counts are int
-    for (size_t i = 0; i < n; i += kChunk)
-        MPI_Allreduce(MPI_IN_PLACE, v + i, int(std::min(kChunk, n - i)), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    if (mpi_ && size_ > 1) allreduce_sum(v, n, sizeof(double), MPI_DOUBLE);
+#endif
+}
+
+void RankGroup::sum(float* v, size_t n) const {
+#ifdef MOEFY_WITH_MPI
+    if (mpi_ && size_ > 1) allreduce_sum(v, n, sizeof(float), MPI_FLOAT);
 #endif
 }
 
 void RankGroup::sum(int64_t* v, size_t n) const {
 #ifdef MOEFY_WITH_MPI
-    if (!mpi_ || size_ == 1) return;
-    MPI_Allreduce(MPI_IN_PLACE, v, int(n), MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    if (mpi_ && size_ > 1) allreduce_sum(v, n, sizeof(int64_t), MPI_INT64_T);
 #endif
 }
 
@@ -60,6 +74,12 @@ int64_t RankGroup::count_failed(bool failed) const {
     int64_t n = failed ? 1 : 0;
     sum(&n, 1);
     return n;
+}
+
+void RankGroup::throw_if_any_failed(const std::string& error, const char* what) const {
+    const int64_t failed = count_failed(!error.empty());
+    if (!error.empty()) throw Error(error);
+    if (failed > 0) fail("{}: {} of {} ranks failed (their messages say why)", what, failed, size_);
 }
 
 MpiSession::MpiSession() {

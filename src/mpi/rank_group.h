@@ -1,11 +1,12 @@
 #pragma once
-// The processes that share one data-parallel run (moefy importance under
-// mpirun), and MPI's lifetime. Library code only sums over a RankGroup; it
+// The processes that share one data-parallel run (importance, split graph,
+// convert --sequential, eval and build under mpirun), and MPI's lifetime. Library code only sums over a RankGroup; it
 // never aborts the processes or registers exit handlers: an error on one rank
 // is counted by every rank (count_failed) and returns as an ordinary
 // moefy::Error everywhere.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace moefy {
 
@@ -21,9 +22,14 @@ public:
     int size() const { return size_; }
     // Element-wise sum over the ranks, in place, every rank gets the result.
     void sum(double* v, size_t n) const;
+    void sum(float* v, size_t n) const;
     void sum(int64_t* v, size_t n) const;
     // How many ranks pass failed = true; every rank must call it (it is a sum).
     int64_t count_failed(bool failed) const;
+    // Called by every rank after its share of a stage, with its error message
+    // ("" when it did not fail): rethrows it, or fails when another rank failed
+    // ("<what>: N of M ranks failed"), so no rank waits forever in a later sum.
+    void throw_if_any_failed(const std::string& error, const char* what) const;
 
 private:
     friend class MpiSession;

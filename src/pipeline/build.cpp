@@ -91,7 +91,8 @@ void check_options(const BuildOptions& o) {
 // backward pass (feature_change, l1, sample: the reference's defaults), then the
 // neuron-independent split. The clusters go to a scratch directory (importance
 // reads cluster files) that is removed afterwards; the chain by hand keeps them.
-ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, const BuildProgress& progress) {
+ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, const BuildProgress& progress,
+                               const RankGroup& group) {
     namespace fs = std::filesystem;
     struct Scratch {
         fs::path dir;
@@ -116,7 +117,7 @@ ExpertPlan gradient_build_plan(const Checkpoint& dense, const BuildOptions& o, c
     io.ctx = o.ctx;
     io.text_field = o.text_field;
     io.max_tokens_per_cluster = o.calib_tokens;
-    const ImportanceResult imp = compute_importance(dense, *tok, tc.out, io, RankGroup{}, [&](size_t d, size_t n) {
+    const ImportanceResult imp = compute_importance(dense, *tok, tc.out, io, group, [&](size_t d, size_t n) {
         if (progress) progress("split", double(d), double(n));
     });
     GradientSplitOptions g;
@@ -147,7 +148,7 @@ double active_ffn_fraction(const ExpertPlan& plan, int top_k) {
 }
 
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress, const NeuronActivity* activity) {
+                           const BuildProgress& progress, const NeuronActivity* activity, const RankGroup& group) {
     check_expert_count(o.experts, dense.config.intermediate_size);
     check_shared_count(o.shared, o.experts);
     // Shared experts first: the most active neurons; the method splits the rest.
@@ -185,18 +186,18 @@ ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& o, const
             g.experts = routed;
             g.seed = o.seed;
             if (sc) g.neurons = sc->rest;
-            plan = graph_split(dense, calib, g, [&](const std::string&, double d, double n) {
-                if (progress) progress("split", d, n);
-            });
+            plan = graph_split(
+                dense, calib, g, [&](const std::string&, double d, double n) { if (progress) progress("split", d, n); }, nullptr,
+                group);
             break;
         }
-        case SplitMethod::Gradient: return gradient_build_plan(dense, o, progress);
+        case SplitMethod::Gradient: return gradient_build_plan(dense, o, progress, group);
     }
     if (sc) attach_shared(plan, *sc);
     return plan;
 }
 
-BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
+BuildResult run_build(const BuildOptions& o, const BuildProgress& progress, const RankGroup& group) {
     check_options(o);
 
     BuildResult r;
@@ -230,11 +231,11 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
             r.plan.validate_for(dense.config, ffn_fingerprint(*dense.tensors, dense.config), o.plan_path);
             r.options.experts = r.plan.num_experts();
         } else {
-            r.plan = make_build_plan(dense, o, calib, progress);
+            r.plan = make_build_plan(dense, o, calib, progress, nullptr, group);
         }
         if (o.top_k > r.plan.num_experts())
             fail("--top-k {}: must be between 1 and the plan's {} experts", o.top_k, r.plan.num_experts());
-        if (!o.save_plan.empty()) r.plan.save(o.save_plan);
+        if (!o.save_plan.empty() && group.rank() == 0) r.plan.save(o.save_plan);
     });
     r.active_ffn_fraction = active_ffn_fraction(r.plan, o.top_k);
 
@@ -245,7 +246,7 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
     {
         const auto t0 = Clock::now();
         const CalibratedRouting cr =
-            calibrate_routing(dense, r.plan, o.routing, RoutingExtras{o.refit, o.sequential}, calib, o.calib_data, co, report);
+            calibrate_routing(dense, r.plan, o.routing, RoutingExtras{o.refit, o.sequential}, calib, o.calib_data, co, report, group);
         if (!o.plan_path.empty()) co.plan_name = o.plan_path;
         r.routers = cr.routing.layers;
         r.calib_tokens = cr.routing.calib_tokens;
@@ -256,12 +257,24 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
         if (cr.refit) r.stages.push_back({"refit", cr.seconds_refit});
     }
 
+    // Rank 0 writes; the others wait here (the eval reads what it wrote).
+    const auto on_rank0 = [&](const char* what, auto&& body) {
+        std::string error;
+        if (group.rank() == 0) try {
+                body();
+            } catch (const std::exception& e) {
+                error = e.what();
+            }
+        group.throw_if_any_failed(error, what);
+    };
     stage("convert", [&] {
-        r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
+        on_rank0("convert", [&] {
+            r.convert = convert_checkpoint(dense, r.plan, o.out_dir, co, [&](double d, double n) { report("convert", d, n); });
+        });
     });
 
     if (o.heal_steps > 0)
-        stage("heal", [&] {
+        stage("heal", [&] { on_rank0("heal", [&] {
             const Checkpoint moe = Checkpoint::open(o.out_dir);
             HealOptions h;
             h.out_dir = o.out_dir;
@@ -274,7 +287,7 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
             // Windows of at most 256 tokens: the step cost healing was measured at (README, "heal").
             const auto windows = read_windows(o.calib_data, o.text_field, *tok, std::min(o.ctx, 256), o.heal_tokens);
             r.heal = heal_checkpoint(moe, windows, h, [&](int step, int steps, double) { report("heal", step, steps); });
-        });
+        }); });
 
     if (!eval.empty())
         stage("eval", [&] {
@@ -282,9 +295,12 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress) {
             check_reference_pair(moe, dense);
             auto moe_model = Model::load(moe);
             auto dense_model = Model::load(dense);
-            r.eval = compare_with_reference(*moe_model, *dense_model, eval, o.oracle, [&](const char* what, size_t d, size_t n) {
-                if (progress) progress(std::string("eval: ") + what, double(d), double(n));
-            });
+            r.eval = compare_with_reference(
+                *moe_model, *dense_model, eval, o.oracle,
+                [&](const char* what, size_t d, size_t n) {
+                    if (progress) progress(std::string("eval: ") + what, double(d), double(n));
+                },
+                group);
         });
     return r;
 }

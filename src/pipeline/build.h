@@ -22,6 +22,7 @@
 #include "convert/convert.h"
 #include "data/documents.h"
 #include "eval/compare.h"
+#include "mpi/rank_group.h"
 #include "convert/routing.h"
 #include "pipeline/budget.h"
 #include "pipeline/heal.h"
@@ -122,7 +123,10 @@ bool build_needs_calibration(const BuildOptions& opt);
 
 // Validates every option before the first expensive step, then runs the stages.
 // Throws moefy::Error; the output directory appears only when convert succeeded.
-BuildResult run_build(const BuildOptions& opt, const BuildProgress& progress = {});
+// Data-parallel under `group` (mpirun): the graph and gradient splits, the
+// sequential calibration and the eval share their text over the ranks; rank 0
+// writes the output (the others wait for it) and every rank returns the result.
+BuildResult run_build(const BuildOptions& opt, const BuildProgress& progress = {}, const RankGroup& group = {});
 
 // Machine-readable summary (the `moefy build --json` object): options, table
 // values, stage times, per-layer router statistics and the eval comparison.
@@ -143,6 +147,7 @@ void write_build_report(const BuildResult& r, const std::string& path);
 // experts (measured on calib, or taken from `activity` when given) and the method
 // splits the rest into opt.experts − opt.shared routed experts.
 ExpertPlan make_build_plan(const Checkpoint& dense, const BuildOptions& opt, const std::vector<TokenWindow>& calib,
-                           const BuildProgress& progress = {}, const NeuronActivity* activity = nullptr);
+                           const BuildProgress& progress = {}, const NeuronActivity* activity = nullptr,
+                           const RankGroup& group = {});
 
 }  // namespace moefy

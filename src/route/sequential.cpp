@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "common/error.h"
 #include "model/decoder_layer.h"
@@ -22,6 +23,7 @@ struct Stream {
     const TokenWindow* tokens = nullptr;
     int T = 0;                  // tokens run: up to the last kept one (causal: later ones change nothing kept)
     std::vector<int32_t> kept;  // row indices
+    size_t row0 = 0;            // its first kept token's row in the layer's kept rows (all ranks' streams, in order)
     std::vector<float> x;       // [T, H]
 };
 
@@ -29,7 +31,7 @@ struct Stream {
 
 SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& plan, const RouterOptions& ro,
                                         const std::vector<TokenWindow>& windows, bool refit, const RefitOptions& refit_opt,
-                                        const KeptRowsFn& observe, const CalibProgress& progress) {
+                                        const KeptRowsFn& observe, const CalibProgress& progress, const RankGroup& group) {
     const ModelConfig& c = dense.config();
     if (c.is_moe()) fail("sequential calibration: the model is already an MoE model; it needs the dense model");
     const int L = c.num_layers, H = c.hidden_size, I = c.intermediate_size;
@@ -45,8 +47,11 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
     for (const TokenWindow& w : windows) total += w.size();
     if (total == 0) fail("calibration: no tokens (the calibration text is empty)");
     const size_t K = std::min(max_tokens, total);
+    // Data-parallel: rank r advances the streams s with s mod size == r (the windows
+    // with kept tokens, counted in order); each layer's kept rows are put together
+    // in stream order on every rank, so all ranks fit what one process fits.
     std::vector<Stream> streams;
-    size_t g = 0;
+    size_t g = 0, rows = 0, with_kept = 0;
     int Tmax = 0;
     for (const TokenWindow& w : windows) {
         Stream s;
@@ -55,6 +60,9 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
             if ((g + t + 1) * K / total != (g + t) * K / total) s.kept.push_back(int32_t(t));
         g += w.size();
         if (s.kept.empty()) continue;
+        s.row0 = rows;
+        rows += s.kept.size();
+        if (with_kept++ % size_t(group.size()) != size_t(group.rank())) continue;
         s.T = s.kept.back() + 1;
         s.x.resize(size_t(s.T) * H);
         gather_rows(dense.embed_weight(), w.data(), s.T, s.x.data());
@@ -81,17 +89,28 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
         const LayerPlan& lp = plan.layers[size_t(l)];
         // Attention of layer l on the converted stream, then the kept tokens' FFN inputs and activations.
         DenseLayerActs acts;
-        acts.H = H, acts.I = I;
-        for (Stream& s : streams) {
-            const LayerKV kv{k.data(), v.data(), k.data(), v.data(), s.T, 0};
-            attention_block_forward(c, lw, dense.rope_freqs(), s.x.data(), s.T, 0, kv, buf);
-            ffn_inputs(s, lw);
-            for (int32_t t : s.kept) {
-                acts.x.insert(acts.x.end(), xn.begin() + long(size_t(t) * H), xn.begin() + long(size_t(t + 1) * H));
-                acts.h.insert(acts.h.end(), h.begin() + long(size_t(t) * I), h.begin() + long(size_t(t + 1) * I));
+        acts.H = H, acts.I = I, acts.N = int(rows);
+        acts.x.assign(rows * size_t(H), 0.0f);
+        acts.h.assign(rows * size_t(I), 0.0f);
+        std::string error;
+        try {
+            for (Stream& s : streams) {
+                const LayerKV kv{k.data(), v.data(), k.data(), v.data(), s.T, 0};
+                attention_block_forward(c, lw, dense.rope_freqs(), s.x.data(), s.T, 0, kv, buf);
+                ffn_inputs(s, lw);
+                for (size_t j = 0; j < s.kept.size(); ++j) {
+                    const size_t t = size_t(s.kept[j]), row = s.row0 + j;
+                    std::copy_n(xn.begin() + long(t * H), H, acts.x.begin() + long(row * H));
+                    std::copy_n(h.begin() + long(t * I), I, acts.h.begin() + long(row * I));
+                }
             }
-            acts.N += int(s.kept.size());
+        } catch (const std::exception& e) {
+            error = e.what();
         }
+        group.throw_if_any_failed(error, "calibration");
+        // Other ranks' rows are 0 here: the sum puts them in place (x + 0 is x).
+        group.sum(acts.x.data(), acts.x.size());
+        group.sum(acts.h.data(), acts.h.size());
         if (observe) observe(l, acts.x.data(), acts.h.data(), acts.N);
         const std::vector<float> wd = dense_down_f32(dense, l);
         LayerCalib stats;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "data/documents.h"
+#include "mpi/rank_group.h"
 #include "route/build_routers.h"
 #include "route/calibration.h"
 #include "route/refit.h"
@@ -38,8 +39,12 @@ struct SequentialResult {
 // kept tokens per layer also bound the refit's). refit: also refit each layer's
 // down projections (with `refit_opt`) before advancing through it. observe
 // (optional): each layer's kept FFN inputs and dense activations as fitted on.
+// Data-parallel over `group`: the ranks share the windows' forward passes, and
+// every rank fits each layer on all kept rows, in order, so every rank returns
+// what one process returns (the fits themselves are repeated on every rank).
 SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& plan, const RouterOptions& ro,
                                         const std::vector<TokenWindow>& windows, bool refit, const RefitOptions& refit_opt,
-                                        const KeptRowsFn& observe = {}, const CalibProgress& progress = {});
+                                        const KeptRowsFn& observe = {}, const CalibProgress& progress = {},
+                                        const RankGroup& group = {});
 
 }  // namespace moefy

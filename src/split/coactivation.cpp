@@ -81,6 +81,14 @@ void CoactivationAccumulator::finish() {
     if (buffered_ > 0) flush();
 }
 
+void CoactivationAccumulator::sum_over(const RankGroup& group) {
+    if (buffered_ > 0) fail("co-activation: sum_over before finish ({} tokens still buffered)", buffered_);
+    group.sum(acc_.data(), acc_.size());
+    int64_t counts[2] = {tokens_, chunks_};
+    group.sum(counts, 2);
+    tokens_ = counts[0], chunks_ = counts[1];
+}
+
 void CoactivationAccumulator::flush() {
     if (chunk_ <= kFusedMaxChunk)
         flush_fused();

@@ -30,6 +30,8 @@
 #include <string_view>
 #include <vector>
 
+#include "mpi/rank_group.h"
+
 namespace moefy {
 
 enum class CoactMetric { l1, l2, plain };
@@ -53,6 +55,10 @@ public:
     // Ends the current chunk early (the partial chunk is clamped on its own).
     // add() may be called again afterwards; it starts a new chunk.
     void finish();
+    // Data-parallel: adds the other ranks' matrices and counts to this one (every
+    // rank gets the total). Call after finish(), on every rank, with each rank's
+    // chunks whole (graph_split gives each rank whole chunks).
+    void sum_over(const RankGroup& group);
 
     int size() const { return n_; }
     CoactMetric metric() const { return metric_; }

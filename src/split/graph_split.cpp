@@ -17,32 +17,60 @@ namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// Hands one layer's chosen activation to its accumulator.
+// Hands rows [row_begin, row_end) of one layer's chosen activation to its accumulator.
 struct CoactObserver : FfnObserver {
     int layer = 0;
     bool use_gate = false;
     CoactivationAccumulator* acc = nullptr;
+    int row_begin = 0, row_end = 0;  // of the window being run
     std::vector<float> buf;
     double seconds = 0;
 
     bool wants(int l) const override { return l == layer; }
     void on_ffn(int, const FfnActs& a) override {
         double t0 = now_s();
-        const float* src = a.h;
+        const int n = std::min(row_end, a.n) - row_begin;
+        if (n <= 0) return;
+        const float* src = a.h + size_t(row_begin) * size_t(a.I);
         if (use_gate) {  // silu(gate)
-            buf.resize(size_t(a.n) * size_t(a.I));
-            for (size_t i = 0; i < buf.size(); ++i) buf[i] = a.gate[i] / (1.0f + std::exp(-a.gate[i]));
+            buf.resize(size_t(n) * size_t(a.I));
+            const float* g = a.gate + size_t(row_begin) * size_t(a.I);
+            for (size_t i = 0; i < buf.size(); ++i) buf[i] = g[i] / (1.0f + std::exp(-g[i]));
             src = buf.data();
         }
-        acc->add(src, a.n);
+        acc->add(src, n);
         seconds += now_s() - t0;
     }
 };
 
+// The windows one rank runs and the rows of each it accumulates. Chunks are
+// counted over the windows' tokens in order (a chunk may span two windows); a
+// rank owns a contiguous range of whole chunks, so every chunk is clamped
+// exactly as one process clamps it, and runs each window that overlaps its
+// range (a window holding a chunk that spans two ranks is run by both).
+struct RankShare {
+    size_t window;
+    int row_begin, row_end;
+};
+
+std::vector<RankShare> rank_share(const std::vector<TokenWindow>& windows, size_t tokens, int chunk, const RankGroup& group) {
+    const size_t chunks = (tokens + size_t(chunk) - 1) / size_t(chunk);
+    const size_t r = size_t(group.rank()), n = size_t(group.size());
+    const size_t lo = std::min(tokens, r * chunks / n * size_t(chunk)), hi = std::min(tokens, (r + 1) * chunks / n * size_t(chunk));
+    std::vector<RankShare> share;
+    size_t start = 0;  // the window's first token, counted over all windows
+    for (size_t i = 0; i < windows.size(); start += windows[i].size(), ++i) {
+        const size_t end = start + windows[i].size();
+        if (end <= lo || start >= hi) continue;
+        share.push_back({i, int(std::max(lo, start) - start), int(std::min(hi, end) - start)});
+    }
+    return share;
+}
+
 }  // namespace
 
 ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& windows, const GraphSplitOptions& o,
-                       const GraphProgress& progress, GraphSplitTimings* timings) {
+                       const GraphProgress& progress, GraphSplitTimings* timings, const RankGroup& group) {
     const ModelConfig& c = ck.config;
     if (c.is_moe()) fail("{}: already an MoE model ({}); split a dense model", ck.dir, model_kind_name(c.kind));
     if (!o.neurons.empty() && int(o.neurons.size()) != c.num_layers)
@@ -81,10 +109,14 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
     // and a finished layer's weights leave the resident set. embed + run_layer is
     // exactly Model::forward, so the statistics are the same.
     const double e0 = now_s();
-    std::vector<std::vector<float>> xs(windows.size());
-    for (size_t i = 0; i < windows.size(); ++i) {
-        xs[i].resize(windows[i].size() * size_t(H));
-        model->embed(windows[i].data(), int(windows[i].size()), xs[i].data());
+    const std::vector<RankShare> share = rank_share(windows, tokens, o.chunk_tokens, group);
+    size_t my_tokens = 0;
+    for (const RankShare& w : share) my_tokens += size_t(w.row_end - w.row_begin);
+    std::vector<std::vector<float>> xs(share.size());
+    for (size_t i = 0; i < share.size(); ++i) {
+        const TokenWindow& w = windows[share[i].window];
+        xs[i].resize(w.size() * size_t(H));
+        model->embed(w.data(), int(w.size()), xs[i].data());
     }
     t.forward_s += now_s() - e0;
     for (int l = 0; l < L; ++l) {
@@ -94,13 +126,24 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         obs.use_gate = o.proj == "gate";
         obs.acc = &acc;
         const double t0 = now_s();
-        size_t done = 0;
-        for (size_t i = 0; i < windows.size(); ++i) {
-            model->run_layer(l, xs[i].data(), int(windows[i].size()), RunHooks(&obs));
-            done += windows[i].size();
-            if (progress) progress(fmt::format("layer {}/{}: activations", l + 1, L), double(size_t(l) * tokens + done), double(size_t(L) * tokens));
+        std::string error;
+        try {
+            size_t done = 0;
+            for (size_t i = 0; i < share.size(); ++i) {
+                const TokenWindow& w = windows[share[i].window];
+                obs.row_begin = share[i].row_begin, obs.row_end = share[i].row_end;
+                model->run_layer(l, xs[i].data(), int(w.size()), RunHooks(&obs));
+                done += size_t(share[i].row_end - share[i].row_begin);
+                if (progress)
+                    progress(fmt::format("layer {}/{}: activations", l + 1, L), double(size_t(l) * my_tokens + done),
+                             double(size_t(L) * my_tokens));
+            }
+            acc.finish();
+        } catch (const std::exception& e) {
+            error = e.what();
         }
-        acc.finish();
+        group.throw_if_any_failed(error, "graph split");
+        acc.sum_over(group);
         t.accumulate_s += obs.seconds;
         t.forward_s += now_s() - t0 - obs.seconds;
         model->release_layer(l);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "data/documents.h"
+#include "mpi/rank_group.h"
 #include "split/expert_plan.h"
 
 namespace moefy {
@@ -46,7 +47,13 @@ using GraphProgress = std::function<void(const std::string&, double, double)>;
 // Minimum tokens of text the split accepts: fewer give no usable statistics.
 constexpr size_t kGraphMinTokens = 256;
 
+// Data-parallel over `group`: each rank runs its share of the windows (whole
+// chunks of tokens, in order), the matrices are summed over the ranks and every
+// rank partitions the sum, so all ranks return the same plan. It equals one
+// process's up to the f32 sums' order (an edge weight at an integer boundary of
+// the METIS weights could round the other way).
 ExpertPlan graph_split(const Checkpoint& model, const std::vector<TokenWindow>& windows, const GraphSplitOptions& opts,
-                       const GraphProgress& progress = {}, GraphSplitTimings* timings = nullptr);
+                       const GraphProgress& progress = {}, GraphSplitTimings* timings = nullptr,
+                       const RankGroup& group = {});
 
 }  // namespace moefy

@@ -98,9 +98,7 @@ ImportanceResult compute_importance(const Checkpoint& ck, const Tokenizer& tok, 
     } catch (const std::exception& e) {
         error = e.what();
     }
-    const int64_t failed = group.count_failed(!error.empty());
-    if (!error.empty()) throw Error(error);
-    if (failed > 0) fail("importance: {} of {} ranks failed (their messages say why)", failed, group.size());
+    group.throw_if_any_failed(error, "importance");
     for (ImportanceSums& s : r.clusters) {
         group.sum(s.up.data(), s.up.size());
         group.sum(s.gate.data(), s.gate.size());
