@@ -1,6 +1,7 @@
 #include "route/fitted_router.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -26,17 +27,48 @@ constexpr int kSkinny = 32;
 // Fixed number of partial sums in gemm_tn, independent of the thread count.
 constexpr int kSumBlocks = 16;
 
-// C[M, N] = A[M, K] · B[N, K]ᵀ
-void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
-    if (N > kSkinny) {
-        BlasSingleThread one_thread;  // OpenBLAS's results depend on its thread count; the fit's must not
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+// Rows m0..m1-1 of C[M, N] = A[M, K] · B[N, K]ᵀ, on this thread. Each sum's
+// order depends only on K (not on m0, m1 or the thread count).
+void nt_rows(const float* A, const float* B, float* C, int m0, int m1, int N, int K) {
+#if defined(__AVX512F__)
+    // Two rows of A against up to 8 rows of B per sweep: 16 sums in registers,
+    // each row of B loaded once for both rows of A.
+    if (N <= 8) {
+        const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u);
+        for (int m = m0; m < m1; m += 2) {
+            const bool two = m + 1 < m1;
+            const float* a0 = A + size_t(m) * K;
+            const float* a1 = two ? a0 + K : a0;
+            __m512 s0[8], s1[8];
+            for (int n = 0; n < N; ++n) s0[n] = s1[n] = _mm512_setzero_ps();
+            int k = 0;
+            for (; k + 16 <= K; k += 16) {
+                const __m512 x0 = _mm512_loadu_ps(a0 + k), x1 = _mm512_loadu_ps(a1 + k);
+                for (int n = 0; n < N; ++n) {
+                    const __m512 b = _mm512_loadu_ps(B + size_t(n) * K + k);
+                    s0[n] = _mm512_fmadd_ps(x0, b, s0[n]);
+                    s1[n] = _mm512_fmadd_ps(x1, b, s1[n]);
+                }
+            }
+            if (k < K) {
+                const __m512 x0 = _mm512_maskz_loadu_ps(tail, a0 + k), x1 = _mm512_maskz_loadu_ps(tail, a1 + k);
+                for (int n = 0; n < N; ++n) {
+                    const __m512 b = _mm512_maskz_loadu_ps(tail, B + size_t(n) * K + k);
+                    s0[n] = _mm512_fmadd_ps(x0, b, s0[n]);
+                    s1[n] = _mm512_fmadd_ps(x1, b, s1[n]);
+                }
+            }
+            for (int n = 0; n < N; ++n) {
+                C[size_t(m) * N + n] = _mm512_reduce_add_ps(s0[n]);
+                if (two) C[size_t(m + 1) * N + n] = _mm512_reduce_add_ps(s1[n]);
+            }
+        }
         return;
     }
+#endif
     // Four dot products per sweep of a row of A: four independent accumulator
     // chains, and the row is loaded once for them.
-#pragma omp parallel for schedule(static)
-    for (int m = 0; m < M; ++m) {
+    for (int m = m0; m < m1; ++m) {
         const float* a = A + size_t(m) * K;
         int n = 0;
         for (; n + 4 <= N; n += 4) {
@@ -56,6 +88,59 @@ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
         }
     }
 }
+
+// C[M, N] = A[M, K] · B[N, K]ᵀ
+void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
+    if (N > kSkinny) {
+        BlasSingleThread one_thread;  // OpenBLAS's results depend on its thread count; the fit's must not
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+        return;
+    }
+    const int pairs = (M + 1) / 2;
+#pragma omp parallel for schedule(static)
+    for (int pr = 0; pr < pairs; ++pr) nt_rows(A, B, C, 2 * pr, std::min(M, 2 * pr + 2), N, K);
+}
+
+// part[M, N] += A[k0:k1, M]ᵀ · B[k0:k1, N], each sum adding its k terms in order.
+// Sums for up to 8 rows of C by 32 columns live in registers over the slice.
+void accumulate_tn_slice(const float* A, const float* B, float* part, int M, int N, int k0, int k1) {
+    int n0 = 0;
+#if defined(__AVX512F__)
+    for (; n0 + 32 <= N; n0 += 32)
+        for (int m0 = 0; m0 < M; m0 += 8) {
+            const int mm = std::min(8, M - m0);
+            __m512 lo[8], hi[8];
+            for (int m = 0; m < mm; ++m) {
+                lo[m] = _mm512_loadu_ps(part + size_t(m0 + m) * N + n0);
+                hi[m] = _mm512_loadu_ps(part + size_t(m0 + m) * N + n0 + 16);
+            }
+            for (int k = k0; k < k1; ++k) {
+                const float* b = B + size_t(k) * N + n0;
+                const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+                const float* a = A + size_t(k) * M + m0;
+                for (int m = 0; m < mm; ++m) {
+                    const __m512 am = _mm512_set1_ps(a[m]);
+                    lo[m] = _mm512_fmadd_ps(am, b0, lo[m]);
+                    hi[m] = _mm512_fmadd_ps(am, b1, hi[m]);
+                }
+            }
+            for (int m = 0; m < mm; ++m) {
+                _mm512_storeu_ps(part + size_t(m0 + m) * N + n0, lo[m]);
+                _mm512_storeu_ps(part + size_t(m0 + m) * N + n0 + 16, hi[m]);
+            }
+        }
+#endif
+    for (int k = k0; k < k1; ++k) {
+        const float* a = A + size_t(k) * M;
+        const float* b = B + size_t(k) * N;
+        for (int m = 0; m < M; ++m) {
+            const float am = a[m];
+            float* p = part + size_t(m) * N;
+            for (int n = n0; n < N; ++n) p[n] = std::fma(am, b[n], p[n]);
+        }
+    }
+}
+
 // C[M, N] = A[K, M]ᵀ · B[K, N]
 void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
     if (M > kSkinny) {
@@ -72,9 +157,10 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
         return;
     }
     // Partial sums over a fixed split of K (not one per thread), added in block
-    // order: the same bits whatever OMP_NUM_THREADS is. Within a block, columns
-    // in tiles of kTile so the M x kTile partial sums stay in L1 over the k loop.
-    constexpr int kTile = 256;
+    // order: the same bits whatever OMP_NUM_THREADS is. Within a block, C's
+    // partial sums are kept in registers for a tile of columns over a slice of
+    // kRows rows of A and B (the slice stays in L2 across the tiles); each sum
+    // still adds its k terms in order.
     const size_t MN = size_t(M) * N;
     const int blocks = std::max(1, std::min(K, kSumBlocks));
     std::vector<float> parts(size_t(blocks) * MN, 0.0f);
@@ -82,19 +168,9 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
     for (int blk = 0; blk < blocks; ++blk) {
         float* part = parts.data() + size_t(blk) * MN;
         const int k0 = int(int64_t(K) * blk / blocks), k1 = int(int64_t(K) * (blk + 1) / blocks);
-        for (int n0 = 0; n0 < N; n0 += kTile) {
-            const int nn = std::min(kTile, N - n0);
-            for (int k = k0; k < k1; ++k) {
-                const float* a = A + size_t(k) * M;
-                const float* b = B + size_t(k) * N + n0;
-                for (int m = 0; m < M; ++m) {
-                    const float am = a[m];
-                    float* p = part + size_t(m) * N + n0;
-#pragma omp simd
-                    for (int n = 0; n < nn; ++n) p[n] += am * b[n];
-                }
-            }
-        }
+        constexpr int kRows = 64;
+        for (int ks = k0; ks < k1; ks += kRows)
+            accumulate_tn_slice(A, B, part, M, N, ks, std::min(k1, ks + kRows));
     }
     std::fill(C, C + MN, 0.0f);
     for (size_t off = 0; off < parts.size(); off += MN)
@@ -151,14 +227,9 @@ FitData make_fit_data(const LayerCalib& c, const std::vector<float>& mass, const
     return d;
 }
 
-// Row-wise log-softmax cross-entropy; grad = (softmax(z) − p) / n. Returns the mean loss.
-double softmax_xent(const float* z, const float* p, int n, int E, float* grad) {
-    // Per-token losses summed in token order afterwards: an OpenMP reduction would
-    // add them in an order that depends on the thread count.
-    std::vector<double> token_loss(size_t(n), 0.0);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; ++t) {
-        double& loss = token_loss[size_t(t)];
+// Rows of the log-softmax cross-entropy: loss[t] and grad = (softmax(z) − p) / n.
+void softmax_xent_rows(const float* z, const float* p, int rows, int E, int n, float* grad, double* loss) {
+    for (int t = 0; t < rows; ++t) {
         const float* zt = z + size_t(t) * E;
         const float* pt = p + size_t(t) * E;
         float* gt = grad + size_t(t) * E;
@@ -166,14 +237,13 @@ double softmax_xent(const float* z, const float* p, int n, int E, float* grad) {
         double s = 0;
         for (int e = 0; e < E; ++e) s += std::exp(double(zt[e] - mx));
         const double lse = mx + std::log(s);
+        double l = 0;
         for (int e = 0; e < E; ++e) {
-            loss -= pt[e] * (zt[e] - lse);
+            l -= pt[e] * (zt[e] - lse);
             gt[e] = float((std::exp(zt[e] - lse) - pt[e]) / n);
         }
+        loss[t] = l;
     }
-    double loss = 0;
-    for (double l : token_loss) loss += l;
-    return loss / n;
 }
 
 struct Adam {
@@ -217,10 +287,73 @@ double held_out_mass(const NormRouter& r, const FitData& d, std::vector<float>& 
     return q.first;
 }
 
+// The training loss and its gradients (g1 for W1, g2 for W2 when mlp) in one
+// pass over the inputs: each slice of kSliceRows rows runs forward, through the
+// loss and back while it is in cache (two separate products would read the
+// [n, H] inputs twice). Rows are in kSumBlocks fixed blocks whose partial
+// gradients are added in block order, and token losses are added in token
+// order: the same bits for any thread count.
+double loss_and_gradient(const NormRouter& r, const FitData& d, std::vector<float>& g1, std::vector<float>& g2) {
+    const int n = d.n_tr, H = d.H, E = d.E;
+    const bool mlp = r.mlp();
+    constexpr int kSliceRows = 64;
+    const int blocks = std::max(1, std::min(n, kSumBlocks));
+    const size_t P1 = g1.size(), P2 = g2.size(), PB = P1 + P2;
+    std::vector<float> parts(size_t(blocks) * PB, 0.0f);
+    std::vector<double> token_loss(size_t(n), 0.0);
+#pragma omp parallel
+    {
+        const size_t SE = size_t(kSliceRows) * E;
+        std::vector<float> u(SE), a(SE), z(SE), dz(SE), du(SE);
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < blocks; ++blk) {
+            float* p1 = parts.data() + size_t(blk) * PB;
+            float* p2 = p1 + P1;
+            const int k0 = int(int64_t(n) * blk / blocks), k1 = int(int64_t(n) * (blk + 1) / blocks);
+            for (int s0 = k0; s0 < k1; s0 += kSliceRows) {
+                const int m = std::min(kSliceRows, k1 - s0);
+                const float* x = d.x_tr.data() + size_t(s0) * H;
+                // forward: z = W2 tanh(W1 x) or W1 x, per row
+                if (mlp) {
+                    nt_rows(x, r.w1.data(), u.data(), 0, m, E, H);
+                    for (size_t i = 0; i < size_t(m) * E; ++i) a[i] = std::tanh(u[i]);
+                    nt_rows(a.data(), r.w2.data(), z.data(), 0, m, E, E);
+                } else {
+                    nt_rows(x, r.w1.data(), z.data(), 0, m, E, H);
+                }
+                // loss: dz = (softmax(z) − p) / n
+                softmax_xent_rows(z.data(), d.p_tr.data() + size_t(s0) * E, m, E, n, dz.data(), token_loss.data() + s0);
+                if (mlp) {
+                    accumulate_tn_slice(dz.data(), a.data(), p2, E, E, 0, m);  // gW2 += dZᵀ A
+                    for (int t = 0; t < m; ++t)                                 // dU = (dZ W2) ⊙ (1 − A²)
+                        for (int j = 0; j < E; ++j) {
+                            float sum = 0.0f;
+                            for (int e = 0; e < E; ++e) sum += dz[size_t(t) * E + e] * r.w2[size_t(e) * E + j];
+                            const float at = a[size_t(t) * E + j];
+                            du[size_t(t) * E + j] = sum * (1.0f - at * at);
+                        }
+                    accumulate_tn_slice(du.data(), x, p1, E, H, 0, m);  // gW1 += dUᵀ X
+                } else {
+                    accumulate_tn_slice(dz.data(), x, p1, E, H, 0, m);  // gW1 += dZᵀ X
+                }
+            }
+        }
+    }
+    std::fill(g1.begin(), g1.end(), 0.0f);
+    std::fill(g2.begin(), g2.end(), 0.0f);
+    for (int blk = 0; blk < blocks; ++blk) {
+        const float* p1 = parts.data() + size_t(blk) * PB;
+        for (size_t i = 0; i < P1; ++i) g1[i] += p1[i];
+        for (size_t i = 0; i < P2; ++i) g2[i] += p1[P1 + i];
+    }
+    double loss = 0;
+    for (double l : token_loss) loss += l;
+    return loss / n;
+}
+
 // Adam on the cross-entropy; keeps the iterate with the best held-out mass.
 void train(NormRouter& r, const FitData& d, const FitOptions& opt, FitReport& rep, bool first_stage) {
-    const int n = d.n_tr, H = d.H, E = d.E;
-    std::vector<float> u(size_t(n) * E), a(u.size()), z(u.size()), g(u.size()), da(u.size());
+    const int H = d.H;
     std::vector<float> g1(r.w1.size()), g2(r.w2.size());
     std::vector<float> vu, va, vz;
     Adam adam1(r.w1.size()), adam2(r.w2.size());
@@ -231,20 +364,9 @@ void train(NormRouter& r, const FitData& d, const FitOptions& opt, FitReport& re
     int best_iter = 0;
     const double lr0 = opt.lr / std::sqrt(double(H));
     for (int it = 1; it <= opt.iters; ++it) {
-        norm_forward(r, d.x_tr.data(), n, H, E, u.data(), a.data(), z.data());
-        const double loss = softmax_xent(z.data(), d.p_tr.data(), n, E, g.data());
+        const double loss = loss_and_gradient(r, d, g1, g2);
         if (it == 1 && first_stage) rep.loss_init = loss;
         rep.loss = loss;
-        if (r.mlp()) {
-            gemm_tn(g.data(), a.data(), g2.data(), E, E, n);   // gW2 = Dᵀ A
-            BlasSingleThread one_thread;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, E, 1.0f, g.data(), E, r.w2.data(), E, 0.0f, da.data(),
-                        E);                                     // dA = D W2
-            for (size_t i = 0; i < da.size(); ++i) da[i] *= 1.0f - a[i] * a[i];
-            gemm_tn(da.data(), d.x_tr.data(), g1.data(), E, H, n);  // gW1 = dUᵀ X
-        } else {
-            gemm_tn(g.data(), d.x_tr.data(), g1.data(), E, H, n);
-        }
         // Cosine decay to a tenth of the step size.
         const double lr = lr0 * (0.55 + 0.45 * std::cos(3.141592653589793 * it / opt.iters));
         adam1.step(r.w1.data(), g1.data(), g1.size(), lr);
