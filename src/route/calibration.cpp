@@ -37,6 +37,17 @@ BlockLayout block_layout(const LayerPlan& lp) {
     return b;
 }
 
+// Whether every neuron 0..I-1 is in exactly one block.
+bool blocks_partition(const BlockLayout& bl, int I) {
+    if (bl.ids.size() != size_t(I)) return false;
+    std::vector<char> seen(size_t(I), 0);
+    for (int32_t id : bl.ids) {
+        if (id < 0 || id >= I || seen[size_t(id)]) return false;
+        seen[size_t(id)] = 1;
+    }
+    return true;
+}
+
 }  // namespace
 
 std::vector<float> dense_down_f32(const Model& model, int l) {
@@ -70,6 +81,9 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
     // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded
     // (its results depend on its thread count, and these statistics must not) on fixed
     // blocks of tokens that the engine threads share: the same bits for any thread count.
+    // When the blocks partition the neurons (every split but a sharing gradient plan),
+    // d is the sum of the block outputs, not a second product as large as all of them.
+    const bool partition = blocks_partition(bl, I);
     constexpr int kRows = 128;
     BlasSingleThread one_thread;
     parallel_for_each((n + kRows - 1) / kRows, [&](int64_t blk) {
@@ -78,8 +92,20 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, H, bl.width[size_t(j)], 1.0f,
                         hp.data() + size_t(t0) * P + bl.off[size_t(j)], P, wp.data() + bl.off[size_t(j)], P, 0.0f,
                         y.data() + size_t(t0) * B * H + size_t(j) * H, B * H);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, H, I, 1.0f, h + size_t(t0) * I, I, wd, I, 0.0f,
-                    d.data() + size_t(t0) * H, H);
+        if (!partition) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, H, I, 1.0f, h + size_t(t0) * I, I, wd, I, 0.0f,
+                        d.data() + size_t(t0) * H, H);
+            return;
+        }
+        std::vector<double> sum(static_cast<size_t>(H));
+        for (int t = t0; t < t0 + m; ++t) {
+            const float* yt = y.data() + size_t(t) * B * H;
+            std::fill(sum.begin(), sum.end(), 0.0);
+            for (int j = 0; j < B; ++j)
+                for (int i = 0; i < H; ++i) sum[size_t(i)] += yt[size_t(j) * H + i];
+            float* dt = d.data() + size_t(t) * H;
+            for (int i = 0; i < H; ++i) dt[i] = float(sum[size_t(i)]);
+        }
     });
 
     const size_t base = size_t(c.N), tri = c.tri();
