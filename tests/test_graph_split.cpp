@@ -195,6 +195,20 @@ TEST(GraphSplitGraph, PercentileMatchesNumpy) {
         EXPECT_DOUBLE_EQ(matrix_percentile(r.data(), 31, p), sorted_percentile(r, p)) << p;
 }
 
+// The radix select on the upper triangle gives numpy's percentile of the whole
+// matrix: with zeros, ties, negative entries, and a size past the OpenMP cutoff.
+TEST(GraphSplitGraph, SymmetricPercentileMatchesFullMatrix) {
+    for (int n : {1, 2, 31, 300}) {
+        auto r = random_symmetric(n, 7 + uint64_t(n), 0.3);
+        for (int i = 0; i < n; ++i)
+            for (int j = i; j < n; ++j)
+                if ((i + j) % 7 == 3) r[size_t(i) * n + j] = r[size_t(j) * n + i] = -r[size_t(i) * n + j];  // some < 0
+        if (n > 2) r[1] = r[size_t(n)] = r[2];  // a tie
+        for (double p : {0.0, 5.0, 10.0, 33.3, 50.0, 90.0, 99.9, 100.0})
+            EXPECT_DOUBLE_EQ(symmetric_percentile(r.data(), n, p), sorted_percentile(r, p)) << "n " << n << " p " << p;
+    }
+}
+
 TEST(GraphSplitGraph, CsrSymmetricNoSelfLoopsMatchesBruteForce) {
     const int n = 50;
     auto adj = random_symmetric(n, 11, 0.35);  // 35% zeros: decile 40 is the first non-zero

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <numeric>
@@ -54,16 +56,71 @@ double matrix_percentile(const float* adj, int n, double p) {
     return numpy_lerp(a, b, vi.gamma);
 }
 
+// An unsigned key whose order is the floats' order (finite values).
+static uint32_t order_key(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+static float key_float(uint32_t k) {
+    const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+// The value at sorted position `rank` of all n² entries of a symmetric matrix,
+// read from its upper triangle (an off-diagonal entry counts twice): a radix
+// select on the float keys, 16 bits per pass, with integer counts (exact and
+// the same for any thread count). No copy of the matrix, no serial selection.
+static float symmetric_order_statistic(const float* adj, int n, uint64_t rank) {
+    const size_t N = size_t(n);
+    constexpr size_t kBuckets = size_t(1) << 16;
+    uint32_t high = 0;  // the key's high 16 bits, after the first pass
+    for (int pass = 0; pass < 2; ++pass) {
+        std::vector<uint64_t> hist(kBuckets, 0);
+#pragma omp parallel if (n >= 256)
+        {
+            std::vector<uint64_t> local(kBuckets, 0);
+#pragma omp for schedule(dynamic, 16) nowait
+            for (int i = 0; i < n; ++i) {
+                const float* row = adj + size_t(i) * N;
+                for (size_t j = size_t(i); j < N; ++j) {
+                    const uint32_t k = order_key(row[j]);
+                    const uint64_t count = j == size_t(i) ? 1 : 2;
+                    if (pass == 0)
+                        local[k >> 16] += count;
+                    else if ((k >> 16) == high)
+                        local[k & 0xffffu] += count;
+                }
+            }
+#pragma omp critical
+            for (size_t b = 0; b < kBuckets; ++b) hist[b] += local[b];
+        }
+        size_t b = 0;
+        for (; b + 1 < kBuckets && hist[b] <= rank; ++b) rank -= hist[b];
+        if (pass == 0)
+            high = uint32_t(b);
+        else
+            return key_float((high << 16) | uint32_t(b));
+    }
+    return 0.0f;  // not reached
+}
+
+double symmetric_percentile(const float* adj, int n, double p) {
+    if (n < 1) fail("percentile: empty matrix");
+    if (!(p >= 0 && p <= 100)) fail("percentile: p = {} outside [0, 100]", p);
+    const size_t count = size_t(n) * size_t(n);
+    const VirtualIndex vi = virtual_index(count, p);
+    const float a = symmetric_order_statistic(adj, n, vi.lo);
+    const float b = vi.lo + 1 < count ? symmetric_order_statistic(adj, n, vi.lo + 1) : a;
+    return numpy_lerp(a, b, vi.gamma);
+}
+
 // The reference's loop: p = 10, 20, ... until the percentile is non-zero.
 static double first_nonzero_decile(const float* adj, int n, int& p_out) {
-    std::vector<float> v(adj, adj + size_t(n) * size_t(n));
-    size_t from = 0;
     for (int p = 10; p <= 100; p += 10) {
-        const VirtualIndex vi = virtual_index(v.size(), double(p));
-        float a, b;
-        order_pair(v, from, vi.lo, a, b);
-        from = vi.lo;
-        const double x = numpy_lerp(a, b, vi.gamma);
+        const double x = symmetric_percentile(adj, n, double(p));
         if (x != 0.0) {
             p_out = p;
             return x;

@@ -46,6 +46,9 @@ struct MetisGraph {
 // numpy.percentile(values, p) with the default "linear" method, over all n²
 // entries of a row-major matrix. Lerp in f64 (numpy does the same for f32 input).
 double matrix_percentile(const float* adj, int n, double p);
+// The same for a symmetric matrix (not checked), from its upper triangle,
+// without a copy: what the graph threshold uses (one I x I matrix is 485 MB at 7B).
+double symmetric_percentile(const float* adj, int n, double p);
 
 // Step 1. adj: [n, n] symmetric (checked exactly). Throws when every entry is
 // zero or when no edge survives the threshold (the reference asserts the same).
