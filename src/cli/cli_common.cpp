@@ -36,6 +36,7 @@ ProgressBar::~ProgressBar() { finish(); }
 
 void ProgressBar::update(double done, double total, const std::string& unit) {
     const double t = now_s();
+    last_update_ = t;
     // A terminal gets a bar redrawn in place; a log (redirect, pipe) gets a plain
     // line at most every kLogInterval seconds, so a long run still shows progress
     // and ETA and a short one prints nothing.
@@ -62,7 +63,7 @@ void ProgressBar::finish() {
         if (tty_)
             std::fprintf(stderr, "\n");
         else
-            std::fprintf(stderr, "%s: done in %.0fs\n", label_.c_str(), now_s() - start_);
+            std::fprintf(stderr, "%s: done in %.0fs\n", label_.c_str(), last_update_ - start_);
     }
     drawn_ = false;
 }

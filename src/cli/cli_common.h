@@ -49,6 +49,7 @@ private:
     std::string label_;
     double start_;
     double last_draw_ = -1;
+    double last_update_ = 0;  // the stage's end, once its last update came (finish may be called later)
     bool tty_;
     bool drawn_ = false;
 };
