@@ -1,7 +1,7 @@
 #include "eval/perplexity.h"
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -20,8 +20,7 @@ double layer_major_nll_sum(Model& model, const std::vector<TokenWindow>& windows
     for (size_t i = size_t(group.rank()); i < windows.size(); i += size_t(group.size()))
         mine.push_back(i), total += windows[i].size() - 1;
     std::vector<double> nll(windows.size(), 0.0);  // per window; other ranks' stay 0 until the sum
-    std::string error;
-    try {
+    group.run_share("evaluation", [&] {
         size_t done = 0;  // predicted tokens of the finished groups
         for (size_t g0 = 0; g0 < mine.size();) {
             size_t g1 = g0, group_tokens = 0;
@@ -52,10 +51,7 @@ double layer_major_nll_sum(Model& model, const std::vector<TokenWindow>& windows
             if (progress) progress(done, total);
             g0 = g1;
         }
-    } catch (const std::exception& e) {
-        error = e.what();
-    }
-    group.throw_if_any_failed(error, "evaluation");
+        });
     group.sum(nll.data(), nll.size());
     double sum = 0;
     for (double v : nll) sum += v;  // in window order, whatever the ranks

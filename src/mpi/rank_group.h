@@ -1,11 +1,12 @@
 #pragma once
 // The processes that share one data-parallel run (importance, split graph,
-// convert --sequential, eval and build under mpirun), and MPI's lifetime. Library code only sums over a RankGroup; it
-// never aborts the processes or registers exit handlers: an error on one rank
-// is counted by every rank (count_failed) and returns as an ordinary
-// moefy::Error everywhere.
+// convert --sequential, eval and build under mpirun), and MPI's lifetime.
+// Library code only sums over a RankGroup; it never aborts the processes or
+// registers exit handlers: an error on one rank is counted by every rank
+// (count_failed) and returns as an ordinary moefy::Error everywhere.
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <string>
 
 namespace moefy {
@@ -30,6 +31,18 @@ public:
     // ("" when it did not fail): rethrows it, or fails when another rank failed
     // ("<what>: N of M ranks failed"), so no rank waits forever in a later sum.
     void throw_if_any_failed(const std::string& error, const char* what) const;
+    // Runs body() on this rank, then throw_if_any_failed with its error, if any:
+    // a stage's share, wrapped so that a failure reaches every rank.
+    template <class Body>
+    void run_share(const char* what, Body&& body) const {
+        std::string error;
+        try {
+            body();
+        } catch (const std::exception& e) {
+            error = e.what();
+        }
+        throw_if_any_failed(error, what);
+    }
 
 private:
     friend class MpiSession;

@@ -259,13 +259,9 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress, cons
 
     // Rank 0 writes; the others wait here (the eval reads what it wrote).
     const auto on_rank0 = [&](const char* what, auto&& body) {
-        std::string error;
-        if (group.rank() == 0) try {
-                body();
-            } catch (const std::exception& e) {
-                error = e.what();
-            }
-        group.throw_if_any_failed(error, what);
+        group.run_share(what, [&] {
+            if (group.rank() == 0) body();
+        });
     };
     stage("convert", [&] {
         on_rank0("convert", [&] {
@@ -274,20 +270,22 @@ BuildResult run_build(const BuildOptions& o, const BuildProgress& progress, cons
     });
 
     if (o.heal_steps > 0)
-        stage("heal", [&] { on_rank0("heal", [&] {
-            const Checkpoint moe = Checkpoint::open(o.out_dir);
-            HealOptions h;
-            h.out_dir = o.out_dir;
-            h.force = true;
-            h.steps = o.heal_steps;
-            h.lr = o.heal_lr;
-            h.all_experts = o.heal_all_experts;
-            h.seed = o.seed;
-            if (o.heal_distill) h.teacher_dir = o.model_dir;
-            // Windows of at most 256 tokens: the step cost healing was measured at (README, "heal").
-            const auto windows = read_windows(o.calib_data, o.text_field, *tok, std::min(o.ctx, 256), o.heal_tokens);
-            r.heal = heal_checkpoint(moe, windows, h, [&](int step, int steps, double) { report("heal", step, steps); });
-        }); });
+        stage("heal", [&] {
+            on_rank0("heal", [&] {
+                const Checkpoint moe = Checkpoint::open(o.out_dir);
+                HealOptions h;
+                h.out_dir = o.out_dir;
+                h.force = true;
+                h.steps = o.heal_steps;
+                h.lr = o.heal_lr;
+                h.all_experts = o.heal_all_experts;
+                h.seed = o.seed;
+                if (o.heal_distill) h.teacher_dir = o.model_dir;
+                // Windows of at most 256 tokens: the step cost healing was measured at (README, "heal").
+                const auto windows = read_windows(o.calib_data, o.text_field, *tok, std::min(o.ctx, 256), o.heal_tokens);
+                r.heal = heal_checkpoint(moe, windows, h, [&](int step, int steps, double) { report("heal", step, steps); });
+            });
+        });
 
     if (!eval.empty())
         stage("eval", [&] {

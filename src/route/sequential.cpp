@@ -92,8 +92,7 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
         acts.H = H, acts.I = I, acts.N = int(rows);
         acts.x.assign(rows * size_t(H), 0.0f);
         acts.h.assign(rows * size_t(I), 0.0f);
-        std::string error;
-        try {
+        group.run_share("calibration", [&] {
             for (Stream& s : streams) {
                 const LayerKV kv{k.data(), v.data(), k.data(), v.data(), s.T, 0};
                 attention_block_forward(c, lw, dense.rope_freqs(), s.x.data(), s.T, 0, kv, buf);
@@ -104,10 +103,7 @@ SequentialResult calibrate_sequentially(const Model& dense, const ExpertPlan& pl
                     std::copy_n(h.begin() + long(t * I), I, acts.h.begin() + long(row * I));
                 }
             }
-        } catch (const std::exception& e) {
-            error = e.what();
-        }
-        group.throw_if_any_failed(error, "calibration");
+                });
         // Other ranks' rows are 0 here: the sum puts them in place (x + 0 is x).
         group.sum(acts.x.data(), acts.x.size());
         group.sum(acts.h.data(), acts.h.size());

@@ -126,8 +126,7 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
         obs.use_gate = o.proj == "gate";
         obs.acc = &acc;
         const double t0 = now_s();
-        std::string error;
-        try {
+        group.run_share("graph split", [&] {
             size_t done = 0;
             for (size_t i = 0; i < share.size(); ++i) {
                 const TokenWindow& w = windows[share[i].window];
@@ -139,10 +138,7 @@ ExpertPlan graph_split(const Checkpoint& ck, const std::vector<TokenWindow>& win
                              double(size_t(L) * my_tokens));
             }
             acc.finish();
-        } catch (const std::exception& e) {
-            error = e.what();
-        }
-        group.throw_if_any_failed(error, "graph split");
+        });
         acc.sum_over(group);
         t.accumulate_s += obs.seconds;
         t.forward_s += now_s() - t0 - obs.seconds;

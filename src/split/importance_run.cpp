@@ -49,8 +49,7 @@ ImportanceResult compute_importance(const Checkpoint& ck, const Tokenizer& tok, 
     // Everything before the all-reduce is local to this rank. An error here is
     // counted by every rank before any sum, so all ranks return an error
     // (instead of the others waiting forever in the all-reduce).
-    std::string error;
-    try {
+    group.run_share("importance", [&] {
         const ModelConfig& c = ck.config;
         if (c.is_moe())
             fail("{}: importance is computed on the dense model, this one is {}", ck.dir, model_kind_name(c.kind));
@@ -95,10 +94,7 @@ ImportanceResult compute_importance(const Checkpoint& ck, const Tokenizer& tok, 
                 if (progress) progress(done, my_tokens);
             }
         }
-    } catch (const std::exception& e) {
-        error = e.what();
-    }
-    group.throw_if_any_failed(error, "importance");
+        });
     for (ImportanceSums& s : r.clusters) {
         group.sum(s.up.data(), s.up.size());
         group.sum(s.gate.data(), s.gate.size());
