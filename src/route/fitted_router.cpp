@@ -27,44 +27,50 @@ constexpr int kSkinny = 32;
 // Fixed number of partial sums in gemm_tn, independent of the thread count.
 constexpr int kSumBlocks = 16;
 
+// GCC 12 warns inside its own _mm512_reduce_add_ps (an "undefined" register it
+// starts from); the values are all initialised.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // Rows m0..m1-1 of C[M, N] = A[M, K] · B[N, K]ᵀ, on this thread. Each sum's
 // order depends only on K (not on m0, m1 or the thread count).
 void nt_rows(const float* A, const float* B, float* C, int m0, int m1, int N, int K) {
 #if defined(__AVX512F__)
     // Two rows of A against up to 8 rows of B per sweep: 16 sums in registers,
     // each row of B loaded once for both rows of A.
-    if (N <= 8) {
-        const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u);
+    const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u);
+    for (int n0 = 0; n0 < N; n0 += 8) {
+        const int nn = std::min(8, N - n0);
+        const float* Bn = B + size_t(n0) * K;
         for (int m = m0; m < m1; m += 2) {
             const bool two = m + 1 < m1;
             const float* a0 = A + size_t(m) * K;
             const float* a1 = two ? a0 + K : a0;
             __m512 s0[8], s1[8];
-            for (int n = 0; n < N; ++n) s0[n] = s1[n] = _mm512_setzero_ps();
+            for (int n = 0; n < 8; ++n) s0[n] = s1[n] = _mm512_setzero_ps();
             int k = 0;
             for (; k + 16 <= K; k += 16) {
                 const __m512 x0 = _mm512_loadu_ps(a0 + k), x1 = _mm512_loadu_ps(a1 + k);
-                for (int n = 0; n < N; ++n) {
-                    const __m512 b = _mm512_loadu_ps(B + size_t(n) * K + k);
+                for (int n = 0; n < nn; ++n) {
+                    const __m512 b = _mm512_loadu_ps(Bn + size_t(n) * K + k);
                     s0[n] = _mm512_fmadd_ps(x0, b, s0[n]);
                     s1[n] = _mm512_fmadd_ps(x1, b, s1[n]);
                 }
             }
             if (k < K) {
                 const __m512 x0 = _mm512_maskz_loadu_ps(tail, a0 + k), x1 = _mm512_maskz_loadu_ps(tail, a1 + k);
-                for (int n = 0; n < N; ++n) {
-                    const __m512 b = _mm512_maskz_loadu_ps(tail, B + size_t(n) * K + k);
+                for (int n = 0; n < nn; ++n) {
+                    const __m512 b = _mm512_maskz_loadu_ps(tail, Bn + size_t(n) * K + k);
                     s0[n] = _mm512_fmadd_ps(x0, b, s0[n]);
                     s1[n] = _mm512_fmadd_ps(x1, b, s1[n]);
                 }
             }
-            for (int n = 0; n < N; ++n) {
-                C[size_t(m) * N + n] = _mm512_reduce_add_ps(s0[n]);
-                if (two) C[size_t(m + 1) * N + n] = _mm512_reduce_add_ps(s1[n]);
+            for (int n = 0; n < nn; ++n) {
+                C[size_t(m) * N + n0 + n] = _mm512_reduce_add_ps(s0[n]);
+                if (two) C[size_t(m + 1) * N + n0 + n] = _mm512_reduce_add_ps(s1[n]);
             }
         }
-        return;
     }
+    return;
 #endif
     // Four dot products per sweep of a row of A: four independent accumulator
     // chains, and the row is loaded once for them.
@@ -88,6 +94,7 @@ void nt_rows(const float* A, const float* B, float* C, int m0, int m1, int N, in
         }
     }
 }
+#pragma GCC diagnostic pop
 
 // C[M, N] = A[M, K] · B[N, K]ᵀ
 void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
@@ -268,14 +275,25 @@ struct NormRouter {
     bool mlp() const { return !w2.empty(); }
 };
 
-void norm_forward(const NormRouter& r, const float* x, int n, int H, int E, float* u, float* a, float* z) {
+// Rows [0, n) on this thread: u = W1 x̃, a = tanh(u) (mlp), z the logits.
+void norm_forward_rows(const NormRouter& r, const float* x, int n, int H, int E, float* u, float* a, float* z) {
     if (!r.mlp()) {
-        gemm_nt(x, r.w1.data(), z, n, E, H);
+        nt_rows(x, r.w1.data(), z, 0, n, E, H);
         return;
     }
-    gemm_nt(x, r.w1.data(), u, n, E, H);
+    nt_rows(x, r.w1.data(), u, 0, n, E, H);
     for (size_t i = 0; i < size_t(n) * E; ++i) a[i] = std::tanh(u[i]);
-    gemm_nt(a, r.w2.data(), z, n, E, E);
+    nt_rows(a, r.w2.data(), z, 0, n, E, E);
+}
+
+// Rows [0, n) on all threads, in slices of 64 rows (each row's values do not depend on the slicing).
+void norm_forward(const NormRouter& r, const float* x, int n, int H, int E, float* u, float* a, float* z) {
+    constexpr int kSlice = 64;
+#pragma omp parallel for schedule(static)
+    for (int s0 = 0; s0 < n; s0 += kSlice) {
+        const size_t o = size_t(s0) * E;
+        norm_forward_rows(r, x + size_t(s0) * H, std::min(kSlice, n - s0), H, E, u + o, a + o, z + o);
+    }
 }
 
 double held_out_mass(const NormRouter& r, const FitData& d, std::vector<float>& u, std::vector<float>& a, std::vector<float>& z,
@@ -313,14 +331,7 @@ double loss_and_gradient(const NormRouter& r, const FitData& d, std::vector<floa
             for (int s0 = k0; s0 < k1; s0 += kSliceRows) {
                 const int m = std::min(kSliceRows, k1 - s0);
                 const float* x = d.x_tr.data() + size_t(s0) * H;
-                // forward: z = W2 tanh(W1 x) or W1 x, per row
-                if (mlp) {
-                    nt_rows(x, r.w1.data(), u.data(), 0, m, E, H);
-                    for (size_t i = 0; i < size_t(m) * E; ++i) a[i] = std::tanh(u[i]);
-                    nt_rows(a.data(), r.w2.data(), z.data(), 0, m, E, E);
-                } else {
-                    nt_rows(x, r.w1.data(), z.data(), 0, m, E, H);
-                }
+                norm_forward_rows(r, x, m, H, E, u.data(), a.data(), z.data());
                 // loss: dz = (softmax(z) − p) / n
                 softmax_xent_rows(z.data(), d.p_tr.data() + size_t(s0) * E, m, E, n, dz.data(), token_loss.data() + s0);
                 if (mlp) {
