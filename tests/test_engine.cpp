@@ -412,8 +412,13 @@ TEST(EngineMatmul, AllPathsMatchDoubleReference) {
 // Every kernel path this CPU has, on BF16 weights: against a double reference,
 // and row t of y is bitwise the same whatever T (so prefill, decode and
 // thread count never change a token's numbers).
-TEST(EngineMatmul, EveryKernelPathMatchesDoubleReference) {
-    const int N = 200, K = 333;  // odd K: the pair padding; N not a multiple of 16 or 64
+// Shapes: odd K (the pair padding) with N not a multiple of 16 or 64; whole
+// 32 x 32 tiles (amx reads W as stored); whole tiles but a half block of rows.
+class EveryKernelPath : public ::testing::TestWithParam<std::pair<int, int>> {};
+INSTANTIATE_TEST_SUITE_P(EngineMatmul, EveryKernelPath,
+                         ::testing::Values(std::pair{200, 333}, std::pair{96, 256}, std::pair{48, 64}));
+TEST_P(EveryKernelPath, MatchesDoubleReference) {
+    const auto [N, K] = GetParam();
     Rng rng(8);
     Tensor W = randn(rng, {N, K}, 0.05);
     std::vector<uint16_t> raw(W.v.size());

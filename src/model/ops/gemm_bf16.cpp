@@ -12,6 +12,11 @@
 #include "model/parallel.h"
 #include "model/scratch.h"
 
+// GCC 12 warns inside its own AVX-512 intrinsics (the "undefined" register that
+// casts and reductions start from) wherever they are inlined; nothing here reads
+// an uninitialised value.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace moefy::ops {
 
 namespace {
@@ -205,6 +210,13 @@ void gemm_avx512(const float* x, int T, const uint16_t* W, int64_t N, int64_t K,
 }
 
 // ---- AMX-BF16 ------------------------------------------------------------------------
+//
+// The weights are the A operand: a tile is 16 rows of W x 32 k (64 bytes a
+// row), which is W as stored, loaded with W's row stride; no packing. The
+// activations are the B operand, 16 pairs x 16 tokens in the pair layout of
+// tdpbf16ps, prepared once per call. A C tile is then y's transpose [16 W rows]
+// [16 tokens]; it is transposed in registers on the way out. Packing W cost
+// about as much as the products themselves when an expert sees ~128 tokens.
 
 #define MOEFY_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
 
@@ -215,75 +227,159 @@ struct TileConfig {
     uint8_t rows[16] = {};
 };
 
-// C tiles 0-3: [2 row tiles][2 column tiles] of 16 x 16 f32; A tiles 4-5
-// (16 rows x 32 k of x), B tiles 6-7 (16 pairs x 16 columns: one panel's
-// rows kc..kc+16). Every tile is 16 rows x 64 bytes.
+// C tiles 0-3: [2 W-row tiles][2 token tiles] of 16 x 16 f32; A tiles 4-5 (16
+// rows of W x 32 k), B tiles 6-7 (16 pairs x 16 tokens). Every tile is 16 rows
+// x 64 bytes.
 MOEFY_AMX void amx_configure() {
     TileConfig c;
     for (int i = 0; i < 8; ++i) c.rows[i] = 16, c.colsb[i] = 64;
     _tile_loadconfig(&c);
 }
 
-// y rows m0..m0+32 (those < T) x the block's columns: x terms [.., KPa] pairs,
-// block of 4 panels [4][KPa][16].
-MOEFY_AMX void amx_block(const uint32_t* const* xt, int terms, int m0, int T, int64_t KPa, const uint32_t* P, float* y,
-                         int64_t ldy, int cols, bool accumulate) {
-    alignas(64) float c[32 * 32];
-    const size_t xs = size_t(KPa) * 4;  // A row stride in bytes
-    for (int pp = 0; pp < kPanels; pp += 2) {
-        if (pp * kPanel >= cols) break;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        const uint32_t* B0 = P + size_t(pp) * size_t(KPa) * kPanel;
-        const uint32_t* B1 = B0 + size_t(KPa) * kPanel;
+MOEFY_AMX void amx_release() { _tile_release(); }
+
+constexpr int kAmxRows = 32;    // W rows per block (two A tiles)
+constexpr int kAmxTokens = 32;  // tokens per step (two B tiles)
+
+// out[i] = column i of the 16 x 16 matrix src (row stride lds, 32-bit elements).
+MOEFY_AMX inline void transpose16(const float* src, int64_t lds, __m512 out[16]) {
+    __m512 b[16], c[16];
+    for (int i = 0; i < 16; i += 2) {
+        const __m512 r0 = _mm512_loadu_ps(src + size_t(i) * size_t(lds)), r1 = _mm512_loadu_ps(src + size_t(i + 1) * size_t(lds));
+        b[i] = _mm512_unpacklo_ps(r0, r1), b[i + 1] = _mm512_unpackhi_ps(r0, r1);
+    }
+    // c[4g + r], 128-bit lane L: column 4L + r of rows 4g .. 4g+3
+    for (int g = 0; g < 4; ++g) {
+        const __m512d b0 = _mm512_castps_pd(b[4 * g]), b1 = _mm512_castps_pd(b[4 * g + 1]);
+        const __m512d b2 = _mm512_castps_pd(b[4 * g + 2]), b3 = _mm512_castps_pd(b[4 * g + 3]);
+        c[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(b0, b2));
+        c[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(b0, b2));
+        c[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b1, b3));
+        c[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b1, b3));
+    }
+    for (int r = 0; r < 4; ++r) {
+        const __m512 d0 = _mm512_shuffle_f32x4(c[r], c[4 + r], 0x88), e0 = _mm512_shuffle_f32x4(c[r], c[4 + r], 0xdd);
+        const __m512 d1 = _mm512_shuffle_f32x4(c[8 + r], c[12 + r], 0x88), e1 = _mm512_shuffle_f32x4(c[8 + r], c[12 + r], 0xdd);
+        out[r] = _mm512_shuffle_f32x4(d0, d1, 0x88);
+        out[8 + r] = _mm512_shuffle_f32x4(d0, d1, 0xdd);
+        out[4 + r] = _mm512_shuffle_f32x4(e0, e1, 0x88);
+        out[12 + r] = _mm512_shuffle_f32x4(e0, e1, 0xdd);
+    }
+}
+
+// The activation terms of one call in the B layout: [terms][Tpad/16][KPa][16]
+// pairs (token columns past T and pairs past K zero); used only by the calling
+// (pool owner) thread, filled in parallel.
+ActTerms& amx_act_scratch() {
+    static ActTerms s;
+    return s;
+}
+
+// Tokens g·16 .. g·16+15 of x into the B layout of every term.
+MOEFY_AMX void amx_activation_group(const float* x, int T, int64_t g, int64_t K, int64_t KPa, int terms,
+                                    uint32_t* const* dst) {
+    thread_local std::vector<uint32_t> rows_buf;  // [terms][16 tokens][KPa], token-major
+    uint32_t* rows = grow(rows_buf, size_t(terms) * 16 * size_t(KPa));
+    for (int i = 0; i < 16; ++i) {
+        const int64_t t = g * 16 + i;
+        uint32_t* r[3];
+        for (int j = 0; j < terms; ++j) r[j] = rows + (size_t(j) * 16 + size_t(i)) * size_t(KPa);
+        if (t < T)
+            to_bf16_terms(x + size_t(t) * size_t(K), K, KPa, terms, r);
+        else
+            for (int j = 0; j < terms; ++j) std::fill(r[j], r[j] + KPa, 0u);
+    }
+    for (int j = 0; j < terms; ++j) {
+        const float* src = reinterpret_cast<const float*>(rows + size_t(j) * 16 * size_t(KPa));
+        float* out = reinterpret_cast<float*>(dst[j] + size_t(g) * 16 * size_t(KPa));
+        __m512 col[16];
         for (int64_t kc = 0; kc < KPa; kc += 16) {
-            _tile_loadd(6, B0 + size_t(kc) * kPanel, 64);
-            _tile_loadd(7, B1 + size_t(kc) * kPanel, 64);
-            for (int j = 0; j < terms; ++j) {
-                const uint32_t* A = xt[j] + size_t(m0) * size_t(KPa) + size_t(kc);
-                _tile_loadd(4, A, xs);
-                _tile_loadd(5, A + 16 * size_t(KPa), xs);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-        }
-        _tile_stored(0, c, 128);
-        _tile_stored(1, c + 16, 128);
-        _tile_stored(2, c + 16 * 32, 128);
-        _tile_stored(3, c + 16 * 32 + 16, 128);
-        const int nc = std::min(32, cols - pp * kPanel), nr = std::min(32, T - m0);
-        for (int r = 0; r < nr; ++r) {
-            float* out = y + size_t(m0 + r) * size_t(ldy) + pp * kPanel;
-            const float* src = c + r * 32;
-            if (accumulate)
-                for (int i = 0; i < nc; ++i) out[i] += src[i];
-            else
-                std::memcpy(out, src, size_t(nc) * 4);
+            transpose16(src + kc, KPa, col);
+            for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + size_t(kc + i) * 16, col[i]);
         }
     }
 }
 
-MOEFY_AMX void amx_release() { _tile_release(); }
+const uint32_t* const* amx_activations(const float* x, int T, int Tpad, int64_t K, int64_t KPa, int terms, bool par) {
+    ActTerms& s = amx_act_scratch();
+    const size_t per = size_t(Tpad) * size_t(KPa);
+    uint32_t* base = grow(s.buf, per * size_t(terms));
+    for (int j = 0; j < terms; ++j) s.t[j] = base + per * size_t(j);
+    parallel_for_each(
+        Tpad / 16, [&](int64_t g) { amx_activation_group(x, T, g, K, KPa, terms, s.t); }, par && Tpad > 16);
+    return s.t;
+}
+
+// y[m0 .. m0+32 (those < T), n0 .. n0+cols] (+)= x · W block: A: 32 rows of W
+// (row stride lda elements, KPa pairs readable on each), xb: the B-layout terms.
+MOEFY_AMX void amx_block(const uint16_t* A, int64_t lda, const uint32_t* const* xb, int terms, int m0, int T,
+                         int64_t KPa, float* y, int64_t ldy, int cols, bool accumulate) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const size_t group = size_t(16) * size_t(KPa);  // one B column group of 16 tokens
+    for (int64_t kc = 0; kc < KPa; kc += 16) {
+        _tile_loadd(4, A + 2 * size_t(kc), lda * 2);
+        _tile_loadd(5, A + 16 * size_t(lda) + 2 * size_t(kc), lda * 2);
+        for (int j = 0; j < terms; ++j) {
+            const uint32_t* B = xb[j] + size_t(m0 / 16) * group + size_t(kc) * 16;
+            _tile_loadd(6, B, 64);
+            _tile_loadd(7, B + group, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    alignas(64) float c[4][16 * 16];  // [W-row tile * 2 + token tile][16 W rows][16 tokens]
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    _tile_stored(2, c[2], 64);
+    _tile_stored(3, c[3], 64);
+    for (int wr = 0; wr < 2; ++wr) {
+        const int nc = std::min(16, cols - wr * 16);
+        if (nc <= 0) break;
+        const __mmask16 mask = nc == 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1);
+        for (int tc = 0; tc < 2; ++tc) {
+            const int nt = std::min(16, T - m0 - tc * 16);
+            if (nt <= 0) break;
+            __m512 col[16];
+            transpose16(c[wr * 2 + tc], 16, col);
+            for (int i = 0; i < nt; ++i) {
+                float* out = y + size_t(m0 + tc * 16 + i) * size_t(ldy) + wr * 16;
+                __m512 v = col[i];
+                if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+                _mm512_mask_storeu_ps(out, mask, v);
+            }
+        }
+    }
+}
 
 void gemm_amx(const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy, bool accumulate) {
     const int64_t KPa = ((K + 1) / 2 + 15) / 16 * 16;  // pairs, padded to whole tiles
-    const int Tpad = (T + 31) / 32 * 32;
+    const int Tpad = (T + kAmxTokens - 1) / kAmxTokens * kAmxTokens;
     const int terms = activation_terms();
     const bool par = int64_t(T) * N * K >= kParallelMinWork;
-    const uint32_t* const* xt = convert_activations(x, T, Tpad, K, KPa, terms, par);
-    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+    const uint32_t* const* xb = amx_activations(x, T, Tpad, K, KPa, terms, par);
+    const int64_t blocks = (N + kAmxRows - 1) / kAmxRows;
     parallel_run(
         [&](int th, int P) {
             amx_configure();
             for (int64_t b = blocks * th / P; b < blocks * (th + 1) / P; ++b) {
-                const int64_t n0 = b * kBlockRows, rows = std::min(kBlockRows, N - n0);
-                uint32_t* Pk = grow(pack_scratch(), size_t(kPanels) * size_t(KPa) * kPanel);
-                pack_block(W, n0, rows, K, KPa, Pk, kPanels);
-                for (int m0 = 0; m0 < T; m0 += 32) amx_block(xt, terms, m0, T, KPa, Pk, y + n0, ldy, int(rows), accumulate);
+                const int64_t n0 = b * kAmxRows, rows = std::min<int64_t>(kAmxRows, N - n0);
+                // W's own rows where whole tiles fit; else a zero-padded copy of the block
+                const uint16_t* A = W + size_t(n0) * size_t(K);
+                int64_t lda = K;
+                if (rows < kAmxRows || K != 2 * KPa) {
+                    lda = 2 * KPa;
+                    uint16_t* pad = reinterpret_cast<uint16_t*>(grow(pack_scratch(), size_t(kAmxRows) * size_t(KPa)));
+                    std::memset(pad, 0, size_t(kAmxRows) * size_t(lda) * 2);
+                    for (int64_t r = 0; r < rows; ++r) std::memcpy(pad + size_t(r) * size_t(lda), A + size_t(r) * size_t(K), size_t(K) * 2);
+                    A = pad;
+                }
+                for (int m0 = 0; m0 < T; m0 += kAmxTokens)
+                    amx_block(A, lda, xb, terms, m0, T, KPa, y + n0, ldy, int(rows), accumulate);
             }
             amx_release();
         },

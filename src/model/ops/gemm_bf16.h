@@ -3,7 +3,7 @@
 // a row-major [N, K] BF16 matrix (a checkpoint's Hugging Face layout).
 //
 // W is cut into blocks of kBlockRows rows (a function of N only); the engine
-// threads (model/parallel.h) share the blocks. Each thread packs its block
+// threads (model/parallel.h) share the blocks. On avx512bf16 and avx2 each thread packs its block
 // into panels of 16 rows, [K/2][16 rows][2 k] (the operand layout of
 // vdpbf16ps: one 32-bit lane holds the pair k, k+1 of one row), in its own
 // buffer, then runs the micro-kernel over all T rows of x with the whole K in
@@ -12,6 +12,11 @@
 // whatever rows surround it).
 //   avx512bf16: x is rounded to BF16 pairs once per call (split: hi + lo, two
 //               vdpbf16ps per product); 6 rows x 64 columns per micro-kernel.
+//   amx:        no packing: W as stored is tdpbf16ps's A operand (16 rows x 32
+//               k per tile, W's own row stride; a zero-padded copy only for a
+//               last block under 32 rows or K not a multiple of 32), x in the
+//               pair layout is its B operand, prepared once per call; blocks of
+//               32 rows of W x 32 tokens, C tiles transposed into y in registers.
 //   avx2:       x stays f32; a panel's pairs are widened to f32 in registers;
 //               4 rows x 16 columns per micro-kernel.
 #include <cstdint>
