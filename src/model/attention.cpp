@@ -34,8 +34,7 @@ inline KeyRange visible(int p, int S, int kpos0, const std::optional<int>& windo
 // In place over row[0..n): softmax; a row with no visible key becomes all zero.
 void softmax_row(float* row, int n) {
     if (n <= 0) return;
-    float m = row[0];
-    for (int j = 1; j < n; ++j) m = std::max(m, row[j]);
+    const float m = vmath::max_of(row, size_t(n));
     const float inv = 1.0f / vmath::exp_shifted(row, m, row, size_t(n));
     for (int j = 0; j < n; ++j) row[j] *= inv;
 }

@@ -13,8 +13,7 @@ void rmsnorm(const float* x, const float* w, int T, int H, double eps, float* y)
         T,
         [&](int64_t t) {
             const float* xt = x + size_t(t) * H;
-            double ss = 0.0;
-            for (int i = 0; i < H; ++i) ss += double(xt[i]) * double(xt[i]);
+            const double ss = vmath::sum_squares(xt, size_t(H));
             const float inv_rms = float(1.0 / std::sqrt(ss / H + eps));
             float* yt = y + size_t(t) * H;
             for (int i = 0; i < H; ++i) yt[i] = w[i] * (xt[i] * inv_rms);

@@ -196,7 +196,7 @@ void Model::run_layer(int l, float* x, int T, const RunHooks& hooks) {
 
 void Model::run_layers(const int32_t* tokens, int T, int pos0, KVCache* cache, const RunHooks& hooks) {
     const ModelConfig& c = cfg_;
-    const int H = c.hidden_size, D = c.head_dim, Qd = c.num_heads * D, KVd = c.num_kv_heads * D;
+    const int H = c.hidden_size, KVd = c.num_kv_heads * c.head_dim;
     if (T <= 0) fail("forward: empty token batch");
     if (pos0 < 0) fail("forward: negative start position {}", pos0);
     if (c.max_position_embeddings > 0 && int64_t(pos0) + T > c.max_position_embeddings)
@@ -288,7 +288,7 @@ double Model::nll_of_normed(const int32_t* tokens, int T, float* per_position) {
                 float* row = blk + size_t(t) * nb;
                 const int y = tokens[t + 1];
                 if (y >= v0 && y < v0 + nb) target[size_t(t)] = row[y - v0];
-                const float m = std::max(mx[size_t(t)], *std::max_element(row, row + nb));
+                const float m = std::max(mx[size_t(t)], vmath::max_of(row, size_t(nb)));
                 se[size_t(t)] = se[size_t(t)] * std::exp(double(mx[size_t(t)] - m)) + vmath::exp_shifted(row, m, row, size_t(nb));
                 mx[size_t(t)] = m;
             },

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "model/layers.h"
 #include "model/parallel.h"
+#include "model/vec_math.h"
 
 namespace moefy {
 
@@ -37,11 +38,7 @@ void expert_mass(const MoEWeights& mw, const float* x, int T, int H, MoEScratch&
         const FfnWeights& f = mw.experts[size_t(e)];
         layers::swiglu_hidden(f, x, T, g, u, h);
         matmul(h, T, f.down, y);
-        for (int t = 0; t < T; ++t) {
-            double ss = 0.0;
-            for (int i = 0; i < H; ++i) ss += double(y[size_t(t) * H + i]) * y[size_t(t) * H + i];
-            mass[size_t(t) * E + e] = float(std::sqrt(ss));
-        }
+        for (int t = 0; t < T; ++t) mass[size_t(t) * E + e] = float(std::sqrt(vmath::sum_squares(y + size_t(t) * H, size_t(H))));
     }
 }
 

@@ -1,6 +1,6 @@
 #pragma once
-// Vectorised elementwise math for the engine's hot loops (softmax, SiLU,
-// log-sum-exp). exp uses the Cephes single-precision polynomial (about 2 ulp),
+// Vectorised elementwise math and reductions for the engine's hot loops
+// (softmax, SiLU, log-sum-exp, RMS norm). exp uses the Cephes single-precision polynomial (about 2 ulp),
 // eight lanes at a time with AVX2; the scalar tail uses std::exp.
 #include <cmath>
 #include <cstddef>
@@ -32,6 +32,47 @@ inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 #endif
+
+// max over x[0..n), n >= 1 (a NaN element is passed over, as std::max(m, x) does).
+inline float max_of(const float* x, size_t n) {
+    size_t i = 0;
+    float m = x[0];
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n >= 32) {
+        __m256 a0 = _mm256_set1_ps(m), a1 = a0, a2 = a0, a3 = a0;
+        for (; i + 32 <= n; i += 32) {
+            a0 = _mm256_max_ps(_mm256_loadu_ps(x + i), a0), a1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), a1);
+            a2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), a2), a3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), a3);
+        }
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+        for (float l : lanes) m = l > m ? l : m;
+    }
+#endif
+    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+// Σ x[i]² in double (each square exact; 16 partial sums, so the loop is not one
+// chain of dependent adds).
+inline double sum_squares(const float* x, size_t n) {
+    size_t i = 0;
+    double s = 0.0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256d v0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), v1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        const __m256d v2 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 8)), v3 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 12));
+        a0 = _mm256_fmadd_pd(v0, v0, a0), a1 = _mm256_fmadd_pd(v1, v1, a1);
+        a2 = _mm256_fmadd_pd(v2, v2, a2), a3 = _mm256_fmadd_pd(v3, v3, a3);
+    }
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3)));
+    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+    for (; i < n; ++i) s += double(x[i]) * double(x[i]);
+    return s;
+}
 
 // y[i] = e^(x[i] - shift); returns Σ y (x and y may alias).
 inline float exp_shifted(const float* x, float shift, float* y, size_t n) {
