@@ -41,7 +41,7 @@
 #include "model/llama.h"
 #include "model/ops/gemm_bf16.h"
 #include "model/ops/kernel_path.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/tensor_names.h"
 #include "tokenizer/tokenizer.h"
 

@@ -16,7 +16,7 @@
 #include "model/matmul.h"
 #include "model/ops/gemm_bf16.h"
 #include "model/ops/kernel_path.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 #include "bench_util.h"
 

@@ -17,7 +17,7 @@
 #include "common/rng.h"
 #include "io/safetensors.h"
 #include "model/backward.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
 #include "model/matmul_t.h"

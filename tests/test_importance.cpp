@@ -16,7 +16,7 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/backward.h"
 #include "model/checkpoint.h"
 #include "split/importance.h"

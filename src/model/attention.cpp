@@ -6,7 +6,7 @@
 
 #include "model/layers.h"
 #include "model/matmul.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/vec_math.h"
 
 namespace moefy::layers {

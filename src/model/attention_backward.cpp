@@ -14,7 +14,7 @@
 #include <cblas.h>
 
 #include "model/backward.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/matmul.h"
 
 namespace moefy::layers {

@@ -18,7 +18,7 @@
 #include "model/decoder_layer.h"
 #include "model/matmul_t.h"
 #include "model/moe_ffn.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy {
 

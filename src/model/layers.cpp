@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "model/layers.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/vec_math.h"
 
 namespace moefy::layers {

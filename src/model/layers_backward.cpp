@@ -4,7 +4,7 @@
 #include <cblas.h>
 
 #include "model/backward.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy::layers {
 

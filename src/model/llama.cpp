@@ -15,7 +15,7 @@
 #include "model/expected_tensors.h"
 #include "model/layers.h"
 #include "model/moe_ffn.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/tensor_names.h"
 #include "model/vec_math.h"
 

@@ -12,7 +12,7 @@
 #include "model/ops/gemm_bf16.h"
 #include "model/ops/kernel_path.h"
 #include "model/scratch.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy {
 

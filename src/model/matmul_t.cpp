@@ -6,7 +6,7 @@
 
 #include <cblas.h>
 
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy {
 

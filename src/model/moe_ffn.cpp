@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "model/layers.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/vec_math.h"
 
 namespace moefy {

@@ -17,7 +17,7 @@
 #include "model/layers.h"
 #include "model/matmul_t.h"
 #include "model/moe_ffn.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy {
 

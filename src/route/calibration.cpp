@@ -9,7 +9,7 @@
 #include "model/llama.h"
 #include "split/expert_plan.h"
 #include "model/matmul.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 
 namespace moefy {
 

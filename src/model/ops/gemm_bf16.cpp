@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "io/dtype.h"
-#include "model/parallel.h"
+#include "common/parallel.h"
 #include "model/scratch.h"
 
 // GCC 12 warns inside its own AVX-512 intrinsics (the "undefined" register that
