@@ -52,9 +52,10 @@ public:
 
     int limit = 0;  // 0: all n_ threads
 
-    void run(const std::function<void(int, int)>& fn) {
+    void run(const std::function<void(int, int)>& fn, int max_threads) {
         std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-        const int P = limit > 0 ? std::min(limit, n_) : n_;
+        int P = limit > 0 ? std::min(limit, n_) : n_;
+        if (max_threads > 0) P = std::min(P, max_threads);
         if (!lock.owns_lock() || P == 1) {
             fn(0, 1);
             return;
@@ -110,12 +111,28 @@ int parallel_threads() {
 ScopedThreadLimit::ScopedThreadLimit(int n) : prev_(pool().limit) { pool().limit = std::max(1, n); }
 ScopedThreadLimit::~ScopedThreadLimit() { pool().limit = prev_; }
 
-void parallel_run(const std::function<void(int, int)>& fn, bool parallel) {
-    if (!parallel || t_in_pool) {
+bool in_parallel_region() { return t_in_pool; }
+
+void parallel_run(const std::function<void(int, int)>& fn, bool parallel, int max_threads) {
+    if (!parallel || t_in_pool || max_threads == 1) {
         fn(0, 1);
         return;
     }
-    pool().run(fn);
+    pool().run(fn, max_threads);
+}
+
+void parallel_for_dynamic(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& body, bool parallel,
+                          int max_threads) {
+    if (n <= 0) return;
+    grain = std::max<int64_t>(grain, 1);
+    std::atomic<int64_t> next{0};
+    parallel_run(
+        [&](int t, int) {
+            for (int64_t b = next.fetch_add(grain, std::memory_order_relaxed); b < n;
+                 b = next.fetch_add(grain, std::memory_order_relaxed))
+                body(b, std::min(n, b + grain), t);
+        },
+        parallel && n > grain, max_threads);
 }
 
 }  // namespace moefy
