@@ -2,7 +2,6 @@
 // spherical k-means identities and a brute-force optimum, thread-count and
 // run-to-run determinism, no document lost, refusals.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "data/text_cluster.h"
 #include "test_util.h"
@@ -318,16 +318,17 @@ TEST(TextClusterKMeans, SameResultForAnyThreadCount) {
     o.clusters = 9;
     o.seed = 9;
     o.restarts = 2;
-    const int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-    TfidfEmbedding e1 = tfidf_embed(docs);
-    SphericalKMeansResult r1 = spherical_kmeans(e1.docs, e1.dim, o);
-    SphericalKMeansResult d1 = spherical_kmeans(x.data(), n, dd, o);
-    omp_set_num_threads(std::max(2, threads));
-    TfidfEmbedding e2 = tfidf_embed(docs);
+    TfidfEmbedding e1;
+    SphericalKMeansResult r1, d1;
+    {
+        ScopedThreadLimit one(1);
+        e1 = tfidf_embed(docs);
+        r1 = spherical_kmeans(e1.docs, e1.dim, o);
+        d1 = spherical_kmeans(x.data(), n, dd, o);
+    }
+    TfidfEmbedding e2 = tfidf_embed(docs);  // all of the pool's threads (OMP_NUM_THREADS, else the CPUs)
     SphericalKMeansResult r2 = spherical_kmeans(e2.docs, e2.dim, o);
     SphericalKMeansResult d2 = spherical_kmeans(x.data(), n, dd, o);
-    omp_set_num_threads(threads);
     for (size_t i = 0; i < docs.size(); ++i) {
         ASSERT_EQ(e1.docs[i].idx, e2.docs[i].idx);
         ASSERT_EQ(e1.docs[i].val, e2.docs[i].val);

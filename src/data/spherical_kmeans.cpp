@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "data/parallel_work.h"
 
@@ -79,13 +80,12 @@ struct SparseSpace final : KMeansSpace {
         // [B, K] similarity rows of about 256 KiB.
         const size_t B = std::clamp<size_t>((size_t(1) << 16) / size_t(K), 64, 65536);
         blocks.resize((x.size() + B - 1) / B);
-        const long nb = long(blocks.size());
-#pragma omp parallel if (par())
-        {
-            std::vector<uint32_t> count(U + 1);
-#pragma omp for schedule(dynamic, 1)
-            for (long bi = 0; bi < nb; ++bi) make_block(blocks[size_t(bi)], size_t(bi) * B, std::min(B, x.size() - size_t(bi) * B), count);
-        }
+        std::vector<std::vector<uint32_t>> count(static_cast<size_t>(parallel_threads()));  // per thread, sized on first use
+        parallel_for_dynamic(int64_t(blocks.size()), 1, [&](int64_t b0, int64_t b1, int thread) {
+            count[size_t(thread)].resize(U + 1);
+            for (size_t bi = size_t(b0); bi < size_t(b1); ++bi)
+                make_block(blocks[bi], bi * B, std::min(B, x.size() - bi * B), count[size_t(thread)]);
+        }, par());
     }
 
     // Counting sort of the block's nonzeros by bucket; documents stay in order within a bucket.
@@ -126,17 +126,17 @@ struct SparseSpace final : KMeansSpace {
     // s[i] = Σ_j x_ij · C[u_j, pick(i)] for every document of every block.
     template <typename Pick>
     void sims_one(float* s, Pick pick) {
-        const long nb = long(blocks.size());
-#pragma omp parallel for schedule(dynamic, 1) if (nnz > kParallelWork)
-        for (long bi = 0; bi < nb; ++bi) {
-            const Block& b = blocks[size_t(bi)];
-            float* sb = s + b.d0;
-            std::fill(sb, sb + b.n, 0.0f);
-            for (size_t g = 0; g < b.bucket.size(); ++g) {
-                const float* c = &C[size_t(b.bucket[g]) * K];
-                for (uint32_t e = b.start[g]; e < b.start[g + 1]; ++e) sb[b.doc[e]] += b.val[e] * c[pick(b.d0 + b.doc[e])];
+        parallel_for_dynamic(int64_t(blocks.size()), 1, [&](int64_t b0, int64_t b1, int) {
+            for (size_t bi = size_t(b0); bi < size_t(b1); ++bi) {
+                const Block& b = blocks[bi];
+                float* sb = s + b.d0;
+                std::fill(sb, sb + b.n, 0.0f);
+                for (size_t g = 0; g < b.bucket.size(); ++g) {
+                    const float* c = &C[size_t(b.bucket[g]) * K];
+                    for (uint32_t e = b.start[g]; e < b.start[g + 1]; ++e) sb[b.doc[e]] += b.val[e] * c[pick(b.d0 + b.doc[e])];
+                }
             }
-        }
+        }, nnz > kParallelWork);
     }
 
     void sims_to(int k, float* s) override {
@@ -147,13 +147,11 @@ struct SparseSpace final : KMeansSpace {
     }
 
     void nearest(const int32_t* prev, int32_t* a, float* s) override {
-        const long nb = long(blocks.size());
-#pragma omp parallel if (par())
-        {
-            std::vector<float> sim;
-#pragma omp for schedule(dynamic, 1)
-            for (long bi = 0; bi < nb; ++bi) {
-                const Block& b = blocks[size_t(bi)];
+        std::vector<std::vector<float>> sims(static_cast<size_t>(parallel_threads()));  // per thread
+        parallel_for_dynamic(int64_t(blocks.size()), 1, [&](int64_t b0, int64_t b1, int thread) {
+            std::vector<float>& sim = sims[size_t(thread)];
+            for (size_t bi = size_t(b0); bi < size_t(b1); ++bi) {
+                const Block& b = blocks[bi];
                 sim.assign(b.n * size_t(K), 0.0f);  // [n, K]
                 for (size_t g = 0; g < b.bucket.size(); ++g) {
                     const float* c = &C[size_t(b.bucket[g]) * K];
@@ -165,7 +163,7 @@ struct SparseSpace final : KMeansSpace {
                     s[i] = sim[r * K + size_t(a[i])];
                 }
             }
-        }
+        }, par());
     }
 
     // C[u, k] = Σ_{a_i = k} x_iu, normalised per k. Threads own fixed bucket
@@ -176,30 +174,30 @@ struct SparseSpace final : KMeansSpace {
         const long chunks = 64;
         const size_t step = (U + size_t(chunks) - 1) / size_t(chunks);
         std::vector<double> part(size_t(chunks) * size_t(K), 0.0);  // [chunk, K] Σ c²
-#pragma omp parallel for schedule(dynamic, 1) if (par())
-        for (long ch = 0; ch < chunks; ++ch) {
-            const uint32_t u0 = uint32_t(std::min(U, size_t(ch) * step)), u1 = uint32_t(std::min(U, size_t(ch + 1) * step));
-            for (const Block& b : blocks) {
-                size_t g = size_t(std::lower_bound(b.bucket.begin(), b.bucket.end(), u0) - b.bucket.begin());
-                for (; g < b.bucket.size() && b.bucket[g] < u1; ++g) {
-                    float* c = &C[size_t(b.bucket[g]) * K];
-                    for (uint32_t e = b.start[g]; e < b.start[g + 1]; ++e) c[a[b.d0 + b.doc[e]]] += b.val[e];
+        parallel_for_dynamic(chunks, 1, [&](int64_t ch0, int64_t ch1, int) {
+            for (long ch = long(ch0); ch < long(ch1); ++ch) {
+                const uint32_t u0 = uint32_t(std::min(U, size_t(ch) * step)), u1 = uint32_t(std::min(U, size_t(ch + 1) * step));
+                for (const Block& b : blocks) {
+                    size_t g = size_t(std::lower_bound(b.bucket.begin(), b.bucket.end(), u0) - b.bucket.begin());
+                    for (; g < b.bucket.size() && b.bucket[g] < u1; ++g) {
+                        float* c = &C[size_t(b.bucket[g]) * K];
+                        for (uint32_t e = b.start[g]; e < b.start[g + 1]; ++e) c[a[b.d0 + b.doc[e]]] += b.val[e];
+                    }
                 }
+                double* p = &part[size_t(ch) * K];
+                for (size_t u = u0; u < u1; ++u)
+                    for (int k = 0; k < K; ++k) p[k] += double(C[u * K + k]) * C[u * K + k];
             }
-            double* p = &part[size_t(ch) * K];
-            for (size_t u = u0; u < u1; ++u)
-                for (int k = 0; k < K; ++k) p[k] += double(C[u * K + k]) * C[u * K + k];
-        }
+        }, par());
         std::vector<float> inv(static_cast<size_t>(K));
         for (int k = 0; k < K; ++k) {
             double ss = 0;
             for (long ch = 0; ch < chunks; ++ch) ss += part[size_t(ch) * K + k];
             inv[size_t(k)] = ss > 0 ? float(1.0 / std::sqrt(ss)) : 0.0f;
         }
-        const long Ul = long(U);
-#pragma omp parallel for schedule(static) if (par())
-        for (long u = 0; u < Ul; ++u)
+        parallel_for_each(int64_t(U), [&](int64_t u) {
             for (int k = 0; k < K; ++k) C[size_t(u) * K + k] *= inv[size_t(k)];
+        }, par());
     }
 };
 
@@ -211,16 +209,14 @@ struct DenseSpace final : KMeansSpace {
     std::vector<uint8_t> nz;
 
     DenseSpace(const float* x, size_t N_, size_t D_, int K_) : N(N_), D(D_), K(K_), X(x, x + N_ * D_), C(size_t(K_) * D_), nz(N_) {
-        const long Nl = long(N);
-#pragma omp parallel for schedule(static) if (N * D > kParallelWork)
-        for (long i = 0; i < Nl; ++i) {
+        parallel_for_each(int64_t(N), [&](int64_t i) {
             float* r = &X[size_t(i) * D];
             double ss = 0;
             for (size_t d = 0; d < D; ++d) ss += double(r[d]) * r[d];
             nz[size_t(i)] = ss > 0;
             const float inv = ss > 0 ? float(1.0 / std::sqrt(ss)) : 0.0f;
             for (size_t d = 0; d < D; ++d) r[d] *= inv;
-        }
+        }, N * D > kParallelWork);
     }
 
     size_t size() const override { return N; }
@@ -248,25 +244,23 @@ struct DenseSpace final : KMeansSpace {
     }
 
     void sims_of(const int32_t* a, float* s) override {
-        const long Nl = long(N);
-#pragma omp parallel for schedule(static) if (N * D > kParallelWork)
-        for (long i = 0; i < Nl; ++i) {
+        parallel_for_each(int64_t(N), [&](int64_t i) {
             const float* xr = &X[size_t(i) * D];
             const float* c = &C[size_t(a[i]) * D];
             float acc = 0;
             for (size_t d = 0; d < D; ++d) acc += xr[d] * c[d];
             s[i] = acc;
-        }
+        }, N * D > kParallelWork);
     }
 
     void update(const int32_t* a) override {
         std::vector<std::vector<size_t>> members(static_cast<size_t>(K));
         for (size_t i = 0; i < N; ++i) members[size_t(a[i])].push_back(i);
-#pragma omp parallel if (N * D > kParallelWork)
-        {
-            std::vector<double> acc(D);
-#pragma omp for schedule(dynamic, 1)
-            for (int k = 0; k < K; ++k) {
+        std::vector<std::vector<double>> accs(static_cast<size_t>(parallel_threads()));  // per thread, sized on first use
+        parallel_for_dynamic(K, 1, [&](int64_t k0, int64_t k1, int thread) {
+            std::vector<double>& acc = accs[size_t(thread)];
+            acc.resize(D);
+            for (int k = int(k0); k < int(k1); ++k) {
                 std::fill(acc.begin(), acc.end(), 0.0);
                 for (size_t i : members[size_t(k)]) {
                     const float* xr = &X[i * D];
@@ -278,7 +272,7 @@ struct DenseSpace final : KMeansSpace {
                 float* c = &C[size_t(k) * D];
                 for (size_t d = 0; d < D; ++d) c[d] = float(acc[d] * inv);
             }
-        }
+        }, N * D > kParallelWork);
     }
 };
 

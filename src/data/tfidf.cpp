@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "data/parallel_work.h"
 
 namespace moefy {
@@ -72,20 +73,21 @@ TfidfEmbedding tfidf_embed(const std::vector<std::string>& docs, const TfidfOpti
     const bool par = bytes > kParallelWork;
 
     // Raw bucket counts per document: idx sorted, val = count.
-#pragma omp parallel for schedule(dynamic, 16) if (par)
-    for (size_t i = 0; i < N; ++i) {
-        std::vector<uint32_t> b;
-        for_each_word(docs[i], opt.min_word_len, [&](size_t, size_t, uint32_t h) { b.push_back(h & mask); });
-        std::sort(b.begin(), b.end());
-        SparseVec& v = e.docs[i];
-        for (size_t j = 0; j < b.size();) {
-            size_t k = j;
-            while (k < b.size() && b[k] == b[j]) ++k;
-            v.idx.push_back(b[j]);
-            v.val.push_back(float(k - j));
-            j = k;
+    parallel_for_dynamic(int64_t(N), 16, [&](int64_t i0, int64_t i1, int) {
+        for (size_t i = size_t(i0); i < size_t(i1); ++i) {
+            std::vector<uint32_t> b;
+            for_each_word(docs[i], opt.min_word_len, [&](size_t, size_t, uint32_t h) { b.push_back(h & mask); });
+            std::sort(b.begin(), b.end());
+            SparseVec& v = e.docs[i];
+            for (size_t j = 0; j < b.size();) {
+                size_t k = j;
+                while (k < b.size() && b[k] == b[j]) ++k;
+                v.idx.push_back(b[j]);
+                v.val.push_back(float(k - j));
+                j = k;
+            }
         }
-    }
+    }, par);
 
     e.df.assign(e.dim, 0);
     for (const SparseVec& v : e.docs)
@@ -103,27 +105,28 @@ TfidfEmbedding tfidf_embed(const std::vector<std::string>& docs, const TfidfOpti
     }
 
     // x = (1 + ln tf) · idf, kept buckets only, L2-normalised.
-#pragma omp parallel for schedule(dynamic, 64) if (par)
-    for (size_t i = 0; i < N; ++i) {
-        SparseVec& v = e.docs[i];
-        size_t m = 0;
-        double ss = 0;
-        for (size_t j = 0; j < v.idx.size(); ++j) {
-            const float idf = e.idf[v.idx[j]];
-            if (idf == 0.0f) continue;
-            const float x = (1.0f + std::log(v.val[j])) * idf;
-            v.idx[m] = v.idx[j];
-            v.val[m] = x;
-            ss += double(x) * x;
-            ++m;
+    parallel_for_dynamic(int64_t(N), 64, [&](int64_t i0, int64_t i1, int) {
+        for (size_t i = size_t(i0); i < size_t(i1); ++i) {
+            SparseVec& v = e.docs[i];
+            size_t m = 0;
+            double ss = 0;
+            for (size_t j = 0; j < v.idx.size(); ++j) {
+                const float idf = e.idf[v.idx[j]];
+                if (idf == 0.0f) continue;
+                const float x = (1.0f + std::log(v.val[j])) * idf;
+                v.idx[m] = v.idx[j];
+                v.val[m] = x;
+                ss += double(x) * x;
+                ++m;
+            }
+            v.idx.resize(m);
+            v.val.resize(m);
+            v.idx.shrink_to_fit();
+            v.val.shrink_to_fit();
+            const float inv = m ? float(1.0 / std::sqrt(ss)) : 0.0f;
+            for (float& x : v.val) x *= inv;
         }
-        v.idx.resize(m);
-        v.val.resize(m);
-        v.idx.shrink_to_fit();
-        v.val.shrink_to_fit();
-        const float inv = m ? float(1.0 / std::sqrt(ss)) : 0.0f;
-        for (float& x : v.val) x *= inv;
-    }
+    }, par);
     return e;
 }
 
@@ -143,11 +146,11 @@ std::vector<std::vector<ClusterTerm>> cluster_top_terms(const std::vector<std::s
     std::vector<std::vector<ClusterTerm>> out(static_cast<size_t>(clusters));
     size_t bytes = 0;
     for (const std::string& t : texts) bytes += t.size();
-#pragma omp parallel if (bytes > kParallelWork)
-    {
-        std::vector<float> c(emb.dim);
-#pragma omp for schedule(dynamic, 1)
-        for (int k = 0; k < clusters; ++k) {
+    std::vector<std::vector<float>> scratch(static_cast<size_t>(parallel_threads()));  // per thread, sized on first use
+    parallel_for_dynamic(clusters, 1, [&](int64_t k0, int64_t k1, int thread) {
+        std::vector<float>& c = scratch[size_t(thread)];
+        c.resize(emb.dim);
+        for (int k = int(k0); k < int(k1); ++k) {
             // Centroid direction: Σ x_i over the cluster, in document order.
             std::fill(c.begin(), c.end(), 0.0f);
             for (size_t i : members[size_t(k)]) {
@@ -182,7 +185,7 @@ std::vector<std::vector<ClusterTerm>> cluster_top_terms(const std::vector<std::s
                 out[size_t(k)].push_back({name, float(c[cand[q]] * inv)});
             }
         }
-    }
+    }, bytes > kParallelWork);
     return out;
 }
 
