@@ -196,7 +196,7 @@ TEST(GraphSplitGraph, PercentileMatchesNumpy) {
 }
 
 // The radix select on the upper triangle gives numpy's percentile of the whole
-// matrix: with zeros, ties, negative entries, and a size past the OpenMP cutoff.
+// matrix: with zeros, ties, negative entries, and a size past the parallel cutoff.
 TEST(GraphSplitGraph, SymmetricPercentileMatchesFullMatrix) {
     for (int n : {1, 2, 31, 300}) {
         auto r = random_symmetric(n, 7 + uint64_t(n), 0.3);

@@ -2,7 +2,6 @@
 // the statistics against a brute-force pass over the backward's activations,
 // the file round trip, the rank split (simulated in-process, and mpirun -np 2
 // when moefy is built with MPI), and the refusals of bad requests.
-#include <omp.h>
 
 #include <cmath>
 #include <filesystem>
@@ -207,14 +206,11 @@ TEST(ImportanceTest, RanksSumToTheSingleProcessResult) {
     const ImportanceResult one = compute_importance(ck, *tok, data, opt);
     // Rank 1 runs on one thread: per-window results do not depend on the thread count.
     ImportanceResult r0 = compute_importance(ck, *tok, data, opt, RankGroup::simulated(0, 2));
-    const int prev = omp_get_max_threads();
-    omp_set_num_threads(1);
     ImportanceResult r1;
     {
-        ScopedThreadLimit engine_threads(1);
+        ScopedThreadLimit one_thread(1);
         r1 = compute_importance(ck, *tok, data, opt, RankGroup::simulated(1, 2));
     }
-    omp_set_num_threads(prev);
     for (size_t k = 0; k < 2; ++k) {
         EXPECT_GT(r0.clusters[k].windows, 0);
         EXPECT_GT(r1.clusters[k].windows, 0);

@@ -5,11 +5,12 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <mutex>
 
 #include <cblas.h>
-#include <omp.h>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "model/matmul.h"
 #include "split/balanced_assignment.h"
@@ -44,7 +45,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 // Threads for a loop: the budget at the top level, one inside a parallel restart.
-int loop_threads(int budget) { return omp_in_parallel() ? 1 : budget; }
+int loop_threads(int budget) { return in_parallel_region() ? 1 : budget; }
 
 // The rows as the metric sees them, never materialised: p_i = s_i * x_i - mu.
 // l2/cos: s_i = 1, mu = column mean (centred data). spherical: s_i = 1/||x_i||, mu = 0.
@@ -55,22 +56,21 @@ struct Points {
     std::vector<float> mu;       // [d]
     std::vector<double> sqnorm;  // [n] ||p_i||^2
     double tol_abs = 0;          // tol * mean column variance of p
-    int threads = 1;             // OpenMP thread budget for passes over the data
+    int threads = 1;             // thread budget for passes over the data
 };
 
 // Column sums of s_i * x_i in double, split into column blocks (one per thread).
 std::vector<double> column_sums(const float* X, int n, int d, const std::vector<float>& scale, int threads) {
     std::vector<double> sum(d, 0.0);
     const int parts = std::max(1, std::min(loop_threads(threads), d / 64));
-#pragma omp parallel for schedule(static) num_threads(parts)
-    for (int p = 0; p < parts; ++p) {
+    parallel_for_each(parts, [&](int64_t p) {
         const int j0 = int(int64_t(d) * p / parts), j1 = int(int64_t(d) * (p + 1) / parts);
         for (int i = 0; i < n; ++i) {
             const float* x = X + size_t(i) * d;
             const double s = scale[i];
             for (int j = j0; j < j1; ++j) sum[j] += s * x[j];
         }
-    }
+    });
     return sum;
 }
 
@@ -82,36 +82,39 @@ Points make_points(const float* X, int n, int d, const KMeansOptions& opts) {
     P.scale.assign(size_t(n), 1.0f);
     P.mu.assign(size_t(d), 0.0f);
     P.sqnorm.assign(size_t(n), 0.0);
-    P.threads = int64_t(n) * d < kParallelWork ? 1 : opts.threads > 0 ? opts.threads : omp_get_max_threads();
+    P.threads = int64_t(n) * d < kParallelWork ? 1 : opts.threads > 0 ? opts.threads : parallel_threads();
     const bool unit = opts.metric == KMeansMetric::Spherical;
     if (unit) {
-#pragma omp parallel for schedule(static) num_threads(loop_threads(P.threads))
-        for (int i = 0; i < n; ++i) {
-            const float* x = X + size_t(i) * d;
-            double s = 0;
-            for (int j = 0; j < d; ++j) s += double(x[j]) * x[j];
-            P.scale[i] = s > 0 ? float(1.0 / std::sqrt(s)) : 0.0f;  // a zero row stays at the origin
-        }
+        parallel_for(n, [&](int64_t i0, int64_t i1) {
+            for (int i = int(i0); i < int(i1); ++i) {
+                const float* x = X + size_t(i) * d;
+                double s = 0;
+                for (int j = 0; j < d; ++j) s += double(x[j]) * x[j];
+                P.scale[i] = s > 0 ? float(1.0 / std::sqrt(s)) : 0.0f;  // a zero row stays at the origin
+            }
+        }, true, loop_threads(P.threads));
     }
     const std::vector<double> colsum = column_sums(X, n, d, P.scale, P.threads);
     if (!unit)
         for (int j = 0; j < d; ++j) P.mu[j] = float(colsum[j] / n);
     int bad = -1;
-#pragma omp parallel for schedule(static) num_threads(loop_threads(P.threads))
-    for (int i = 0; i < n; ++i) {
-        const float* x = X + size_t(i) * d;
-        const float s = P.scale[i];
-        double q = 0;
-        for (int j = 0; j < d; ++j) {
-            const double v = double(s * x[j]) - P.mu[j];
-            q += v * v;
+    std::mutex bad_mutex;
+    parallel_for(n, [&](int64_t i0, int64_t i1) {
+        for (int i = int(i0); i < int(i1); ++i) {
+            const float* x = X + size_t(i) * d;
+            const float s = P.scale[i];
+            double q = 0;
+            for (int j = 0; j < d; ++j) {
+                const double v = double(s * x[j]) - P.mu[j];
+                q += v * v;
+            }
+            P.sqnorm[i] = q;
+            if (!std::isfinite(q)) {
+                std::lock_guard<std::mutex> lock(bad_mutex);
+                bad = bad < 0 ? i : std::min(bad, i);
+            }
         }
-        P.sqnorm[i] = q;
-        if (!std::isfinite(q)) {
-#pragma omp critical
-            bad = bad < 0 ? i : std::min(bad, i);
-        }
-    }
+    }, true, loop_threads(P.threads));
     if (bad >= 0) fail("balanced_kmeans: row {} holds a non-finite value", bad);
     // mean_j var_j = (sum_i ||p_i||^2 / n - ||mean p||^2) / d, as sklearn's _tolerance.
     double total = 0, mean_sq = 0;
@@ -126,24 +129,25 @@ Points make_points(const float* X, int n, int d, const KMeansOptions& opts) {
 
 // G[i, j] = p_i . c_j for centres C [m, d] given in p-space. G: [n, m].
 // One single-threaded sgemm per fixed block of rows, blocks spread over the
-// OpenMP threads: every element is computed by the same call whatever the
-// thread count, and OpenBLAS's own threads never compete with OpenMP's.
+// threads: every element is computed by the same call whatever the thread
+// count, and OpenBLAS's own threads never compete with ours.
 void point_dots(const Points& P, const float* C, int m, float* G) {
     constexpr int kRowBlock = 512;
     std::vector<double> mc(m, 0.0);  // mu . c_j
     for (int j = 0; j < m; ++j)
         for (int t = 0; t < P.d; ++t) mc[j] += double(P.mu[t]) * C[size_t(j) * P.d + t];
     const int blocks = (P.n + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::min(blocks, loop_threads(P.threads)))
-    for (int b = 0; b < blocks; ++b) {
-        const int r0 = b * kRowBlock, rows = std::min(kRowBlock, P.n - r0);
-        float* g = G + size_t(r0) * m;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, m, P.d, 1.0f, P.X + size_t(r0) * P.d, P.d, C, P.d,
-                    0.0f, g, m);
-        for (int i = 0; i < rows; ++i)  // x_i . c_j -> p_i . c_j = s_i (x_i . c_j) - mu . c_j
-            for (int j = 0; j < m; ++j)
-                g[size_t(i) * m + j] = float(double(P.scale[r0 + i]) * g[size_t(i) * m + j] - mc[j]);
-    }
+    parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+        for (int b = int(b0); b < int(b1); ++b) {
+            const int r0 = b * kRowBlock, rows = std::min(kRowBlock, P.n - r0);
+            float* g = G + size_t(r0) * m;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, m, P.d, 1.0f, P.X + size_t(r0) * P.d, P.d, C, P.d,
+                        0.0f, g, m);
+            for (int i = 0; i < rows; ++i)  // x_i . c_j -> p_i . c_j = s_i (x_i . c_j) - mu . c_j
+                for (int j = 0; j < m; ++j)
+                    g[size_t(i) * m + j] = float(double(P.scale[r0 + i]) * g[size_t(i) * m + j] - mc[j]);
+        }
+    }, true, loop_threads(P.threads));
 }
 
 std::vector<double> row_sqnorms(const float* C, int m, int d) {
@@ -209,14 +213,15 @@ void for_each_restart(const std::vector<int>& list, int threads, Fn&& fn) {
         return;
     }
     std::vector<std::exception_ptr> errors(m);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::min(threads, m))
-    for (int a = 0; a < m; ++a) {
-        try {
-            fn(list[a]);
-        } catch (...) {
-            errors[a] = std::current_exception();
+    parallel_for_dynamic(m, 1, [&](int64_t a0, int64_t a1, int) {
+        for (int a = int(a0); a < int(a1); ++a) {
+            try {
+                fn(list[a]);
+            } catch (...) {
+                errors[a] = std::current_exception();
+            }
         }
-    }
+    }, true, std::min(threads, m));
     for (auto& e : errors)
         if (e) std::rethrow_exception(e);
 }
@@ -304,23 +309,24 @@ void distances(const Points& P, const float* G, int ldg, int col0, const std::ve
                const KMeansOptions& opts, Restart& run) {
     const bool l2 = opts.metric == KMeansMetric::L2;
     const bool quantise = opts.cost_scale > 0;
-#pragma omp parallel for schedule(static) num_threads(loop_threads(P.threads))
-    for (int i = 0; i < P.n; ++i) {
-        const float* g = G + size_t(i) * ldg + col0;
-        for (int j = 0; j < k; ++j) {
-            const size_t ij = size_t(i) * k + j;
-            const double cj = cn[size_t(col0) + j];
-            double dist;
-            if (l2) {
-                dist = std::sqrt(std::max(0.0, P.sqnorm[i] + cj - 2.0 * g[j]));
-            } else {  // 1 - cosine; a zero vector is at cosine 0 from everything (sklearn normalize)
-                const double den = std::sqrt(P.sqnorm[i] * cj);
-                dist = std::clamp(1.0 - (den > 0 ? g[j] / den : 0.0), 0.0, 2.0);
+    parallel_for(P.n, [&](int64_t i0, int64_t i1) {
+        for (int i = int(i0); i < int(i1); ++i) {
+            const float* g = G + size_t(i) * ldg + col0;
+            for (int j = 0; j < k; ++j) {
+                const size_t ij = size_t(i) * k + j;
+                const double cj = cn[size_t(col0) + j];
+                double dist;
+                if (l2) {
+                    dist = std::sqrt(std::max(0.0, P.sqnorm[i] + cj - 2.0 * g[j]));
+                } else {  // 1 - cosine; a zero vector is at cosine 0 from everything (sklearn normalize)
+                    const double den = std::sqrt(P.sqnorm[i] * cj);
+                    dist = std::clamp(1.0 - (den > 0 ? g[j] / den : 0.0), 0.0, 2.0);
+                }
+                run.D[ij] = float(dist);
+                if (quantise) run.Q[ij] = std::llround(opts.cost_scale * dist);
             }
-            run.D[ij] = float(dist);
-            if (quantise) run.Q[ij] = std::llround(opts.cost_scale * dist);
         }
-    }
+    }, true, loop_threads(P.threads));
 }
 
 // Exact balanced labels for the distances; returns the inertia sum_i D(i, l_i)^2.
@@ -342,9 +348,8 @@ void sum_clusters(const Points& P, int k, std::vector<Restart>& runs, const std:
     const int n = P.n, d = P.d;
     for (int r : list) runs[r].S.assign(size_t(k) * d, 0.0);
     const int parts = column_parts(P);
-#pragma omp parallel for schedule(static) num_threads(parts)
-    for (int p = 0; p < parts; ++p) {
-        const int j0 = part_begin(d, p, parts), j1 = part_begin(d, p + 1, parts);
+    parallel_for_each(parts, [&](int64_t p) {
+        const int j0 = part_begin(d, int(p), parts), j1 = part_begin(d, int(p) + 1, parts);
         for (int i = 0; i < n; ++i) {
             const float* x = P.X + size_t(i) * d;
             const double s = P.scale[i];
@@ -353,7 +358,7 @@ void sum_clusters(const Points& P, int k, std::vector<Restart>& runs, const std:
                 for (int j = j0; j < j1; ++j) c[j] += s * x[j];
             }
         }
-    }
+    });
     for (int r : list) runs[r].summed = runs[r].labels;
 }
 
@@ -364,9 +369,8 @@ void move_changed_rows(const Points& P, Restart& run) {
     for (int i = 0; i < n; ++i)
         if (run.labels[i] != run.summed[i]) moved.push_back(i);
     const int parts = column_parts(P);
-#pragma omp parallel for schedule(static) num_threads(parts)
-    for (int p = 0; p < parts; ++p) {
-        const int j0 = part_begin(d, p, parts), j1 = part_begin(d, p + 1, parts);
+    parallel_for_each(parts, [&](int64_t p) {
+        const int j0 = part_begin(d, int(p), parts), j1 = part_begin(d, int(p) + 1, parts);
         for (int i : moved) {
             const float* x = P.X + size_t(i) * d;
             const double s = P.scale[i];
@@ -377,7 +381,7 @@ void move_changed_rows(const Points& P, Restart& run) {
                 to[j] += s * x[j];
             }
         }
-    }
+    });
     run.summed = run.labels;
 }
 
@@ -443,7 +447,7 @@ KMeansResult balanced_kmeans(const float* X, int n, int d, int k, const KMeansOp
 
     KMeansResult res;
     auto t0 = Clock::now();
-    BlasSingleThread blas1;  // OpenBLAS would start its own threads inside each OpenMP thread
+    BlasSingleThread blas1;  // OpenBLAS would start its own threads inside each of ours
     const Points P = make_points(X, n, d, opts);
     const int R = opts.restarts;
     const int threads = P.threads;

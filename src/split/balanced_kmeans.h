@@ -20,7 +20,7 @@
 //
 // All restarts advance in lockstep: one GEMM per step computes the distances
 // of every active restart (one pass over X for all of them, row blocks spread
-// over OpenMP threads), then the per-restart work (distances, exact
+// over the threads), then the per-restart work (distances, exact
 // assignment, M-step) runs in parallel across restarts. Results do not depend
 // on the thread count.
 #include <cstdint>
@@ -42,7 +42,7 @@ struct KMeansOptions {
     uint64_t seed = 0;          // restart r draws from Rng(seed, r)
     double cost_scale = 1000;   // E-step costs round(cost_scale * D) as integers (reference); 0: float costs
     std::vector<int> sizes;     // [k] exact cluster sizes, sum n; empty: balanced_widths(n, k)
-    int threads = 0;            // per-restart work on at most this many threads; 0: omp_get_max_threads()
+    int threads = 0;            // per-restart work on at most this many threads; 0: parallel_threads()
 };
 
 struct KMeansResult {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/tensor_names.h"
 #include "split/balanced_kmeans.h"
 
@@ -14,15 +15,14 @@ namespace {
 
 // sklearn Normalizer(norm='l2'): each row to unit length; zero rows stay zero. W: [rows, cols].
 void normalise_rows(float* W, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < rows; ++i) {
+    parallel_for_each(rows, [&](int64_t i) {
         float* w = W + i * cols;
         double q = 0;
         for (int64_t j = 0; j < cols; ++j) q += double(w[j]) * w[j];
-        if (q <= 0) continue;
+        if (q <= 0) return;
         const float inv = float(1.0 / std::sqrt(q));
         for (int64_t j = 0; j < cols; ++j) w[j] *= inv;
-    }
+    });
 }
 
 }  // namespace

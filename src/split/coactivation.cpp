@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace moefy {
 
@@ -57,10 +58,16 @@ void CoactivationAccumulator::add(const float* acts, int T) {
     if (!acts) fail("co-activation add: null activations for {} tokens", T);
     const size_t n = size_t(n_);
     const size_t total = size_t(T) * n;
-    long bad = -1;
-#pragma omp parallel for reduction(max : bad) schedule(static) if (total >= (size_t(1) << 16))
-    for (long k = 0; k < long(total); ++k)
-        if (!std::isfinite(acts[k])) bad = std::max(bad, k);
+    // The last non-finite entry of each thread's share; the largest of them.
+    std::vector<long> bad_of(size_t(parallel_threads()), -1);
+    parallel_run([&](int t, int P) {
+        const long k0 = long(total * size_t(t) / size_t(P)), k1 = long(total * size_t(t + 1) / size_t(P));
+        long bad = -1;
+        for (long k = k0; k < k1; ++k)
+            if (!std::isfinite(acts[k])) bad = std::max(bad, k);
+        bad_of[size_t(t)] = bad;
+    }, total >= (size_t(1) << 16));
+    const long bad = *std::max_element(bad_of.begin(), bad_of.end());
     if (bad >= 0)
         fail("co-activation add: non-finite activation at token {}, neuron {}", size_t(bad) / n, size_t(bad) % n);
 
@@ -103,7 +110,7 @@ void CoactivationAccumulator::flush() {
 //   S = r_cᵀ r_c on rows [i0, i0+P), columns [i0, I)   (ssyrk on the diagonal
 //   block, sgemm right of it), then adj[i][j] += min(S[i][j], thr) for j >= i.
 // The clamp is O(I²) against BLAS's O(k·I²), so it stays serial and BLAS keeps
-// both cores (no OpenMP region competes with BLAS's own threads).
+// both cores (no parallel loop of ours competes with BLAS's own threads).
 void CoactivationAccumulator::flush_blas() {
     const int n = n_;
     const int T = buffered_;
@@ -209,7 +216,7 @@ static void clamp_add_4rows(float* const* acc, const float* const* rows, const f
 
 // Small chunks (MoEfication's 8 tokens): a rank-8 BLAS update is mostly
 // packing overhead, so the product, clamp and accumulation are fused. The
-// upper triangle is cut into tiles [64 rows x 256 columns]; one OpenMP region
+// upper triangle is cut into tiles [64 rows x 256 columns]; one parallel loop
 // per group of chunks hands tiles to threads (each adj entry has one owner).
 // Within a tile, the group's r columns (256 tokens x 256 floats) stay in L2
 // and each acc row segment stays in L1 across the group's chunks. Tokens whose
@@ -228,12 +235,17 @@ void CoactivationAccumulator::flush_fused() {
             if ((bj + 1) * BJ > bi * BI) tiles.push_back({bi * BI, bj * BJ});
     const float* r = buf_.data();  // [T, I]
     float* adj = acc_.data();
-#pragma omp parallel if (size_t(T) * N * N >= (size_t(1) << 22))
-    {
-        std::vector<float> coef(4 * static_cast<size_t>(chunk_));
-        std::vector<const float*> rows(static_cast<size_t>(chunk_));
-#pragma omp for schedule(dynamic)
-        for (size_t k = 0; k < tiles.size(); ++k) {
+    struct Scratch {
+        std::vector<float> coef;
+        std::vector<const float*> rows;
+    };
+    std::vector<Scratch> scratch(static_cast<size_t>(parallel_threads()));  // per thread, sized on first use
+    parallel_for_dynamic(int64_t(tiles.size()), 1, [&](int64_t k0, int64_t k1, int thread) {
+        std::vector<float>& coef = scratch[size_t(thread)].coef;
+        std::vector<const float*>& rows = scratch[size_t(thread)].rows;
+        coef.resize(4 * static_cast<size_t>(chunk_));
+        rows.resize(static_cast<size_t>(chunk_));
+        for (size_t k = size_t(k0); k < size_t(k1); ++k) {
             const int i0 = tiles[k].first, i1 = std::min(n, i0 + BI);
             const int j0 = tiles[k].second, j1 = std::min(n, j0 + BJ);
             int i = i0;
@@ -275,7 +287,7 @@ void CoactivationAccumulator::flush_fused() {
                 }
             }
         }
-    }
+    }, size_t(T) * N * N >= (size_t(1) << 22));
 }
 
 std::vector<float> CoactivationAccumulator::symmetric() const { return mirror_upper(acc_.data(), n_); }
@@ -284,12 +296,17 @@ double CoactivationAccumulator::saturated_fraction() const {
     if (n_ < 2 || chunks_ == 0) return 0.0;
     const float full = float(double(chunks_) * threshold_ * (1.0 - 1e-5));
     const size_t N = size_t(n_);
+    std::vector<long> count_of(size_t(parallel_threads()), 0);  // per thread (integer counts: any order)
+    parallel_for_dynamic(n_, 16, [&](int64_t i0, int64_t i1, int thread) {
+        long c = 0;
+        for (int i = int(i0); i < int(i1); ++i) {
+            const float* row = acc_.data() + size_t(i) * N;
+            for (size_t j = size_t(i) + 1; j < N; ++j) c += row[j] >= full;
+        }
+        count_of[size_t(thread)] += c;
+    }, n_ >= 256);
     long count = 0;
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : count) if (n_ >= 256)
-    for (int i = 0; i < n_; ++i) {
-        const float* row = acc_.data() + size_t(i) * N;
-        for (size_t j = size_t(i) + 1; j < N; ++j) count += row[j] >= full;
-    }
+    for (long c : count_of) count += c;
     return double(count) / (double(N) * double(N - 1) / 2.0);
 }
 
@@ -298,19 +315,20 @@ std::vector<float> mirror_upper(const float* upper, int n) {
     std::vector<float> full(N * N);
     constexpr int B = 64;
     const int nb = (n + B - 1) / B;
-#pragma omp parallel for schedule(dynamic) if (nb > 4)
-    for (int bi = 0; bi < nb; ++bi) {
-        const int i0 = bi * B, i1 = std::min(n, i0 + B);
-        for (int bj = bi; bj < nb; ++bj) {
-            const int j0 = bj * B, j1 = std::min(n, j0 + B);
-            for (int i = i0; i < i1; ++i)
-                for (int j = std::max(i, j0); j < j1; ++j) {
-                    const float v = upper[size_t(i) * N + size_t(j)];
-                    full[size_t(i) * N + size_t(j)] = v;
-                    full[size_t(j) * N + size_t(i)] = v;
-                }
+    parallel_for_dynamic(nb, 1, [&](int64_t b0, int64_t b1, int) {
+        for (int bi = int(b0); bi < int(b1); ++bi) {
+            const int i0 = bi * B, i1 = std::min(n, i0 + B);
+            for (int bj = bi; bj < nb; ++bj) {
+                const int j0 = bj * B, j1 = std::min(n, j0 + B);
+                for (int i = i0; i < i1; ++i)
+                    for (int j = std::max(i, j0); j < j1; ++j) {
+                        const float v = upper[size_t(i) * N + size_t(j)];
+                        full[size_t(i) * N + size_t(j)] = v;
+                        full[size_t(j) * N + size_t(i)] = v;
+                    }
+            }
         }
-    }
+    }, nb > 4);
     return full;
 }
 

@@ -22,7 +22,7 @@
 //
 // Compute: tokens are buffered in groups of whole chunks (>= 256 tokens) so adj
 // is swept once per group. Chunks of up to 64 tokens use a fused kernel
-// (product, clamp and add in registers, OpenMP over tiles of adj, exact zeros
+// (product, clamp and add in registers, threads over tiles of adj, exact zeros
 // skipped); larger chunks use cblas_ssyrk/sgemm per panel of rows, where BLAS
 // is efficient. Accumulation is f32, as in the reference (adj is float32 there).
 // Memory: I² floats for adj plus the group buffer [group, I].

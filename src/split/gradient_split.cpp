@@ -11,6 +11,7 @@
 #include <lemon/smart_graph.h>
 
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace moefy {
 
@@ -477,46 +478,47 @@ ExpertPlan gradient_split_plan(const std::vector<std::vector<std::vector<double>
     std::vector<double> greedy_t(size_t(L), NAN), optimal_t(size_t(L), NAN);
     std::vector<std::string> errors(static_cast<size_t>(L));
 
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int l = 0; l < L; ++l) {
-        try {
-            const ScoreSpan s = ScoreSpan(scores[size_t(l)]).first(size_t(E));
-            LayerPlan& lp = p.layers[size_t(l)];
-            const bool want_greedy = independent && (opt.assign == Assign::Greedy || opt.compare);
-            const bool want_optimal = independent && (opt.assign == Assign::Optimal || opt.compare);
-            ExpertSets greedy, optimal;
-            if (R == 0) {
-                if (opt.share) lp.experts = shared_split(s, es, opt.criterion);
-                if (want_greedy) greedy = greedy_independent_split(s, es, opt.criterion);
-                if (want_optimal) optimal = optimal_independent_split(s, es, opt.criterion);
-            } else {
-                if (opt.share || want_greedy) {
-                    auto r = residual_split(s, E - R, R, es, opt.criterion, opt.share, Assign::Greedy);
-                    lp.shared = std::move(r.residual);
-                    (opt.share ? lp.experts : greedy) = std::move(r.routed);
+    parallel_for_dynamic(L, 1, [&](int64_t l0, int64_t l1, int) {
+        for (int l = int(l0); l < int(l1); ++l) {
+            try {
+                const ScoreSpan s = ScoreSpan(scores[size_t(l)]).first(size_t(E));
+                LayerPlan& lp = p.layers[size_t(l)];
+                const bool want_greedy = independent && (opt.assign == Assign::Greedy || opt.compare);
+                const bool want_optimal = independent && (opt.assign == Assign::Optimal || opt.compare);
+                ExpertSets greedy, optimal;
+                if (R == 0) {
+                    if (opt.share) lp.experts = shared_split(s, es, opt.criterion);
+                    if (want_greedy) greedy = greedy_independent_split(s, es, opt.criterion);
+                    if (want_optimal) optimal = optimal_independent_split(s, es, opt.criterion);
+                } else {
+                    if (opt.share || want_greedy) {
+                        auto r = residual_split(s, E - R, R, es, opt.criterion, opt.share, Assign::Greedy);
+                        lp.shared = std::move(r.residual);
+                        (opt.share ? lp.experts : greedy) = std::move(r.routed);
+                    }
+                    if (want_optimal) {
+                        auto r = residual_split(s, E - R, R, es, opt.criterion, false, Assign::Optimal);
+                        lp.shared = std::move(r.residual);
+                        optimal = std::move(r.routed);
+                    }
                 }
-                if (want_optimal) {
-                    auto r = residual_split(s, E - R, R, es, opt.criterion, false, Assign::Optimal);
-                    lp.shared = std::move(r.residual);
-                    optimal = std::move(r.routed);
+                if (independent) {
+                    const ScoreSpan routed = s.first(size_t(E - R));
+                    if (want_greedy) greedy_t[size_t(l)] = split_total(routed, greedy);
+                    if (want_optimal) optimal_t[size_t(l)] = split_total(routed, optimal);
+                    lp.experts = std::move(opt.assign == Assign::Greedy ? greedy : optimal);
                 }
+                const OverlapStats ov = overlap_stats(lp.experts, I);
+                ExpertSets all = lp.experts;
+                all.insert(all.end(), lp.shared.begin(), lp.shared.end());
+                lp.stats = {{"overlap", ov.to_json()}, {"distinct_neurons", overlap_stats(all, I).distinct_neurons}};
+                if (want_greedy) lp.stats["greedy_total"] = greedy_t[size_t(l)];
+                if (want_optimal) lp.stats["optimal_total"] = optimal_t[size_t(l)];
+            } catch (const std::exception& e) {
+                errors[size_t(l)] = e.what();
             }
-            if (independent) {
-                const ScoreSpan routed = s.first(size_t(E - R));
-                if (want_greedy) greedy_t[size_t(l)] = split_total(routed, greedy);
-                if (want_optimal) optimal_t[size_t(l)] = split_total(routed, optimal);
-                lp.experts = std::move(opt.assign == Assign::Greedy ? greedy : optimal);
-            }
-            const OverlapStats ov = overlap_stats(lp.experts, I);
-            ExpertSets all = lp.experts;
-            all.insert(all.end(), lp.shared.begin(), lp.shared.end());
-            lp.stats = {{"overlap", ov.to_json()}, {"distinct_neurons", overlap_stats(all, I).distinct_neurons}};
-            if (want_greedy) lp.stats["greedy_total"] = greedy_t[size_t(l)];
-            if (want_optimal) lp.stats["optimal_total"] = optimal_t[size_t(l)];
-        } catch (const std::exception& e) {
-            errors[size_t(l)] = e.what();
         }
-    }
+    });
     for (int l = 0; l < L; ++l)
         if (!errors[size_t(l)].empty()) fail("layer {}: {}", l, errors[size_t(l)]);
 

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "io/output_dir.h"
 #include "split/coactivation.h"
@@ -78,25 +79,26 @@ static float symmetric_order_statistic(const float* adj, int n, uint64_t rank) {
     constexpr size_t kBuckets = size_t(1) << 16;
     uint32_t high = 0;  // the key's high 16 bits, after the first pass
     for (int pass = 0; pass < 2; ++pass) {
-        std::vector<uint64_t> hist(kBuckets, 0);
-#pragma omp parallel if (n >= 256)
-        {
-            std::vector<uint64_t> local(kBuckets, 0);
-#pragma omp for schedule(dynamic, 16) nowait
-            for (int i = 0; i < n; ++i) {
+        // One histogram per thread (integer counts: any order gives the same sums).
+        std::vector<std::vector<uint64_t>> local(static_cast<size_t>(parallel_threads()));
+        parallel_for_dynamic(n, 16, [&](int64_t i0, int64_t i1, int thread) {
+            std::vector<uint64_t>& h = local[size_t(thread)];
+            h.resize(kBuckets, 0);
+            for (int i = int(i0); i < int(i1); ++i) {
                 const float* row = adj + size_t(i) * N;
                 for (size_t j = size_t(i); j < N; ++j) {
                     const uint32_t k = order_key(row[j]);
                     const uint64_t count = j == size_t(i) ? 1 : 2;
                     if (pass == 0)
-                        local[k >> 16] += count;
+                        h[k >> 16] += count;
                     else if ((k >> 16) == high)
-                        local[k & 0xffffu] += count;
+                        h[k & 0xffffu] += count;
                 }
             }
-#pragma omp critical
-            for (size_t b = 0; b < kBuckets; ++b) hist[b] += local[b];
-        }
+        }, n >= 256);
+        std::vector<uint64_t> hist(kBuckets, 0);
+        for (const std::vector<uint64_t>& h : local)
+            for (size_t b = 0; b < h.size(); ++b) hist[b] += h[b];
         size_t b = 0;
         for (; b + 1 < kBuckets && hist[b] <= rank; ++b) rank -= hist[b];
         if (pass == 0)
@@ -134,19 +136,22 @@ static void check_symmetric(const float* adj, int n) {
     const size_t N = size_t(n);
     constexpr int B = 64;
     const int nb = (n + B - 1) / B;
-    long bad = -1;  // i * N + j of the last offending entry
-#pragma omp parallel for schedule(dynamic) reduction(max : bad) if (nb > 4)
-    for (int bi = 0; bi < nb; ++bi) {
-        const int i0 = bi * B, i1 = std::min(n, i0 + B);
-        for (int bj = bi; bj < nb; ++bj) {
-            const int j0 = bj * B, j1 = std::min(n, j0 + B);
-            for (int i = i0; i < i1; ++i)
-                for (int j = std::max(i, j0); j < j1; ++j) {
-                    const float x = adj[size_t(i) * N + size_t(j)];
-                    if (!std::isfinite(x) || x != adj[size_t(j) * N + size_t(i)]) bad = std::max(bad, long(size_t(i) * N + size_t(j)));
-                }
+    std::vector<long> bad_of(size_t(nb), -1);  // per row block: i * N + j of its last offending entry
+    parallel_for_dynamic(nb, 1, [&](int64_t b0, int64_t b1, int) {
+        for (int bi = int(b0); bi < int(b1); ++bi) {
+            long& bad = bad_of[size_t(bi)];
+            const int i0 = bi * B, i1 = std::min(n, i0 + B);
+            for (int bj = bi; bj < nb; ++bj) {
+                const int j0 = bj * B, j1 = std::min(n, j0 + B);
+                for (int i = i0; i < i1; ++i)
+                    for (int j = std::max(i, j0); j < j1; ++j) {
+                        const float x = adj[size_t(i) * N + size_t(j)];
+                        if (!std::isfinite(x) || x != adj[size_t(j) * N + size_t(i)]) bad = std::max(bad, long(size_t(i) * N + size_t(j)));
+                    }
+            }
         }
-    }
+    }, nb > 4);
+    const long bad = *std::max_element(bad_of.begin(), bad_of.end());
     if (bad >= 0) {
         const size_t i = size_t(bad) / N, j = size_t(bad) % N;
         fail("co-activation matrix [{}, {}]: entry ({}, {}) = {} is not finite or differs from ({}, {}) = {}", n, n, i, j,
@@ -178,19 +183,25 @@ MetisGraph build_metis_graph(const float* adj, int n, int64_t max_total_weight) 
     };
 
     g.xadj.assign(N + 1, 0);
-    double total = 0.0;  // Σ trunc(w) over both directions
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) if (n >= 256)
-    for (int i = 0; i < n; ++i) {
-        idx_t cnt = 0;
-        for (size_t j = 0; j < N; ++j) {
-            const float w = ratio(size_t(i), j);
-            if (w != 0.0f) {
-                ++cnt;
-                total += std::floor(double(w));
+    // Σ trunc(w) over both directions: per row, then added in row order.
+    std::vector<double> row_total(N, 0.0);
+    parallel_for_dynamic(n, 16, [&](int64_t i0, int64_t i1, int) {
+        for (int i = int(i0); i < int(i1); ++i) {
+            idx_t cnt = 0;
+            double sum = 0.0;
+            for (size_t j = 0; j < N; ++j) {
+                const float w = ratio(size_t(i), j);
+                if (w != 0.0f) {
+                    ++cnt;
+                    sum += std::floor(double(w));
+                }
             }
+            g.xadj[size_t(i) + 1] = cnt;
+            row_total[size_t(i)] = sum;
         }
-        g.xadj[size_t(i) + 1] = cnt;
-    }
+    }, n >= 256);
+    double total = 0.0;
+    for (double t : row_total) total += t;
     for (size_t i = 0; i < N; ++i) g.xadj[i + 1] += g.xadj[i];
     const int64_t m2 = g.xadj[N];
     if (m2 == 0) fail("co-activation graph: no edge reaches the threshold {} (percentile {})", g.threshold, g.percentile);
@@ -207,19 +218,20 @@ MetisGraph build_metis_graph(const float* adj, int n, int64_t max_total_weight) 
 
     g.adjncy.resize(size_t(m2));
     g.adjwgt.resize(size_t(m2));
-#pragma omp parallel for schedule(dynamic, 16) if (n >= 256)
-    for (int i = 0; i < n; ++i) {
-        size_t at = size_t(g.xadj[size_t(i)]);
-        for (size_t j = 0; j < N; ++j) {
-            const float w = ratio(size_t(i), j);
-            if (w == 0.0f) continue;
-            double wt = std::floor(double(w));
-            if (scale > 1.0) wt = std::max(1.0, std::floor(wt / scale));
-            g.adjncy[at] = idx_t(j);
-            g.adjwgt[at] = idx_t(wt);
-            ++at;
+    parallel_for_dynamic(n, 16, [&](int64_t i0, int64_t i1, int) {
+        for (int i = int(i0); i < int(i1); ++i) {
+            size_t at = size_t(g.xadj[size_t(i)]);
+            for (size_t j = 0; j < N; ++j) {
+                const float w = ratio(size_t(i), j);
+                if (w == 0.0f) continue;
+                double wt = std::floor(double(w));
+                if (scale > 1.0) wt = std::max(1.0, std::floor(wt / scale));
+                g.adjncy[at] = idx_t(j);
+                g.adjwgt[at] = idx_t(wt);
+                ++at;
+            }
         }
-    }
+    }, n >= 256);
     return g;
 }
 
@@ -306,13 +318,14 @@ int rebalance_partition(std::vector<int32_t>& labels, const float* adj, int n, i
 
     // conn: [n, E], conn[v][p] = Σ_{u in p, u != v} adj[v][u]
     std::vector<double> conn(N * E, 0.0);
-#pragma omp parallel for schedule(dynamic, 16) if (n >= 256)
-    for (int v = 0; v < n; ++v) {
-        const float* row = adj + size_t(v) * N;
-        double* c = conn.data() + size_t(v) * E;
-        for (size_t u = 0; u < N; ++u)
-            if (u != size_t(v)) c[labels[u]] += double(row[u]);
-    }
+    parallel_for_dynamic(n, 16, [&](int64_t v0, int64_t v1, int) {
+        for (int v = int(v0); v < int(v1); ++v) {
+            const float* row = adj + size_t(v) * N;
+            double* c = conn.data() + size_t(v) * E;
+            for (size_t u = 0; u < N; ++u)
+                if (u != size_t(v)) c[labels[u]] += double(row[u]);
+        }
+    }, n >= 256);
 
     int moved = 0;
     std::vector<int> under;
@@ -364,19 +377,23 @@ int rebalance_partition(std::vector<int32_t>& labels, const float* adj, int n, i
 double kept_fraction(const float* adj, int n, const std::vector<int32_t>& labels) {
     if (labels.size() != size_t(n)) fail("kept fraction: {} labels for {} neurons", labels.size(), n);
     const size_t N = size_t(n);
-    double inside = 0.0, total = 0.0;
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : inside, total) if (n >= 256)
-    for (int i = 0; i < n; ++i) {
-        const float* row = adj + size_t(i) * N;
-        double in = 0.0, all = 0.0;
-        for (size_t j = 0; j < N; ++j) {
-            if (j == size_t(i)) continue;
-            all += double(row[j]);
-            if (labels[j] == labels[size_t(i)]) in += double(row[j]);
+    // Per row, then added in row order: the same sums for any thread count.
+    std::vector<double> row_in(N, 0.0), row_all(N, 0.0);
+    parallel_for_dynamic(n, 16, [&](int64_t i0, int64_t i1, int) {
+        for (int i = int(i0); i < int(i1); ++i) {
+            const float* row = adj + size_t(i) * N;
+            double in = 0.0, all = 0.0;
+            for (size_t j = 0; j < N; ++j) {
+                if (j == size_t(i)) continue;
+                all += double(row[j]);
+                if (labels[j] == labels[size_t(i)]) in += double(row[j]);
+            }
+            row_in[size_t(i)] = in;
+            row_all[size_t(i)] = all;
         }
-        inside += in;
-        total += all;
-    }
+    }, n >= 256);
+    double inside = 0.0, total = 0.0;
+    for (size_t i = 0; i < N; ++i) inside += row_in[i], total += row_all[i];
     return total == 0.0 ? 0.0 : inside / total;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace moefy {
 
@@ -61,9 +62,8 @@ inline double apply_kernel(ImportanceKernel k, double x) {
 void accumulate_columns(const float* feat, const float* grad, int T, int I, const ImportanceSettings& s, double* acc) {
     constexpr int kCols = 64;
     const bool change = s.kind == ImportanceKind::FeatureChange, sample = s.level == ImportanceLevel::Sample;
-#pragma omp parallel for schedule(static) if (size_t(T) * size_t(I) > 16384)
-    for (int c0 = 0; c0 < I; c0 += kCols) {
-        const int c1 = std::min(I, c0 + kCols);
+    parallel_for_each((I + kCols - 1) / kCols, [&](int64_t blk) {
+        const int c0 = int(blk) * kCols, c1 = std::min(I, c0 + kCols);
         for (int t = 0; t < T; ++t) {
             const float* f = feat + size_t(t) * I;
             const float* g = grad + size_t(t) * I;
@@ -72,7 +72,7 @@ void accumulate_columns(const float* feat, const float* grad, int T, int I, cons
                 acc[i] += sample ? apply_kernel(s.kernel, x) : x;
             }
         }
-    }
+    }, size_t(T) * size_t(I) > 16384);
 }
 
 }  // namespace
