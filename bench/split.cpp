@@ -18,8 +18,8 @@
 #include <vector>
 
 #include <cblas.h>
-#include <omp.h>
 
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "split/balanced_assignment.h"
 #include "split/balanced_kmeans.h"
@@ -43,8 +43,7 @@ static std::vector<float> synthetic_layer(int n, int d, uint64_t seed) {
     std::vector<float> dirs(size_t(latent) * d), X(size_t(n) * d);
     Rng r0(seed);
     for (auto& v : dirs) v = float(r0.normal());
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; ++i) {
+    parallel_for_each(n, [&](int64_t i) {
         Rng rng(seed, uint64_t(i) + 100);
         const int g = int(rng.below(latent));
         const double w = 0.6 + 0.4 * rng.uniform();
@@ -56,7 +55,7 @@ static std::vector<float> synthetic_layer(int n, int d, uint64_t seed) {
         }
         const float inv = float(1.0 / std::sqrt(q));
         for (int j = 0; j < d; ++j) x[j] *= inv;
-    }
+    });
     return X;
 }
 
@@ -86,7 +85,7 @@ int main(int argc, char** argv) {
     const int n = quick ? 2752 : 11008, d = quick ? 1024 : 4096;
     if (restarts < 0) restarts = quick ? 3 : 10;
     std::printf("bench_split: %d x %d rows, %d restarts, metric %s, %d threads\n", n, d, restarts, metric.c_str(),
-                omp_get_max_threads());
+                parallel_threads());
 
     auto t0 = Clock::now();
     const std::vector<float> X = synthetic_layer(n, d, 1);

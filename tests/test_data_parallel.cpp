@@ -77,7 +77,7 @@ TEST(DataParallel, MpirunBuildMatchesOneProcess) {
     ASSERT_TRUE(a.contains("eval")) << a.dump();
     for (const char* m : {"dense", "moe"})
         expect_near_rel(b["eval"][m]["mean_nll"].get<double>(), a["eval"][m]["mean_nll"].get<double>(), 1e-12, m);
-    // The FFN error sums with OpenMP reductions: equal up to their order.
+    // The FFN error sums are added per rank, then over the ranks: equal up to their order.
     expect_near_rel(b["eval"]["moe"]["ffn_rel_error"].get<double>(), a["eval"]["moe"]["ffn_rel_error"].get<double>(), 1e-9,
                     "FFN error");
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
 #include "model/moe_ffn.h"
@@ -77,12 +78,11 @@ void model_weights(const MoEConfig& m, int layer, const float* z, int E, const i
 void oracle_route(const MoEConfig& m, int layer, const float* logits, const float* mass, int T, int E, int k,
                   int32_t* sel, float* w) {
     if (k < 1 || k > E) fail("oracle routing: top-k {} with {} experts", k, E);
-#pragma omp parallel for schedule(static) if (T > 64)
-    for (int t = 0; t < T; ++t) {
+    parallel_for_each(T, [&](int64_t t) {
         int32_t* st = sel + size_t(t) * k;
         topk_desc(mass + size_t(t) * E, E, k, st);
         model_weights(m, layer, logits + size_t(t) * E, E, st, k, w + size_t(t) * k);
-    }
+    }, T > 64);
 }
 
 void OracleRoute::route(const RouteInput& in, int32_t* sel, float* weight) {
@@ -180,26 +180,34 @@ void FfnErrorObserver::on_ffn(int l, const FfnActs& a) {
     float* y = grow(y_, size_t(n) * size_t(H));
     matmul(a.h, n, f.down, y);
     float* ym = ym_.data();
-#pragma omp parallel for schedule(static) if (n > 16)
-    for (int i = 0; i < n; ++i) {
+    parallel_for_each(n, [&](int64_t i) {
         const size_t t = a.rows ? size_t(a.rows[i]) : size_t(i);
         const float w = a.weight ? a.weight[i] : 1.0f;
         for (int c = 0; c < H; ++c) ym[t * H + c] += w * y[size_t(i) * H + c];
-    }
+    }, n > 16);
 }
 
 void FfnErrorObserver::finish() {
     if (cur_ < 0) return;
-    double num = 0, den = 0;
-    const size_t TH = size_t(T_) * size_t(H_);
+    // Sums over fixed blocks of elements, added in block order: the same bits
+    // for any thread count.
+    constexpr size_t kBlock = size_t(1) << 14;
+    const size_t TH = size_t(T_) * size_t(H_), blocks = (TH + kBlock - 1) / kBlock;
     const float* yd = yd_.data();
     const float* ym = ym_.data();
-#pragma omp parallel for schedule(static) reduction(+ : num, den)
-    for (size_t i = 0; i < TH; ++i) {
-        const double d = double(ym[i]) - double(yd[i]);
-        num += d * d;
-        den += double(yd[i]) * double(yd[i]);
-    }
+    std::vector<double> num_b(blocks, 0.0), den_b(blocks, 0.0);
+    parallel_for_each(int64_t(blocks), [&](int64_t b) {
+        double num = 0, den = 0;
+        for (size_t i = size_t(b) * kBlock; i < std::min(TH, size_t(b + 1) * kBlock); ++i) {
+            const double d = double(ym[i]) - double(yd[i]);
+            num += d * d;
+            den += double(yd[i]) * double(yd[i]);
+        }
+        num_b[size_t(b)] = num;
+        den_b[size_t(b)] = den;
+    });
+    double num = 0, den = 0;
+    for (size_t b = 0; b < blocks; ++b) num += num_b[b], den += den_b[b];
     num_[size_t(cur_)] += num;
     den_[size_t(cur_)] += den;
     cur_ = -1;

@@ -109,7 +109,7 @@ RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterO
     fo.mlp = opt.mlp;
     // The fit's products have E (a handful) columns: OpenBLAS's threads cost more
     // than they give there (measured 51 s vs 44 s for the demo model), while the
-    // OpenMP loops around them keep both cores busy.
+    // parallel loops around them keep both cores busy.
     BlasSingleThread blas_single;
     for (int l = 0; l < L; ++l) {
         LayerRouter lr = build_layer(model, plan, opt, fo, l, stats.empty() ? nullptr : &stats[size_t(l)]);

@@ -54,8 +54,7 @@ std::vector<float> dense_down_f32(const Model& model, int l) {
     const WeightRef& down = model.layer(l).ffn.down;  // [H, I]
     const int H = int(down.rows), I = int(down.cols);
     std::vector<float> wd(size_t(H) * I);
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < H; ++i) weight_row_f32(down, i, wd.data() + size_t(i) * I);
+    parallel_for_each(H, [&](int64_t i) { weight_row_f32(down, int(i), wd.data() + size_t(i) * I); });
     return wd;
 }
 
@@ -66,18 +65,16 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
     if (E != c.E) fail("calibration: the plan has {} experts, the statistics {}", E, c.E);
     // wp: [H, P] the down projection's columns in block order; hp: [n, P] likewise.
     std::vector<float> wp(size_t(H) * P), hp(size_t(n) * P), y(size_t(n) * B * H), d(size_t(n) * H);
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < H; ++i) {
+    parallel_for_each(H, [&](int64_t i) {
         const float* row = wd + size_t(i) * I;
         float* prow = wp.data() + size_t(i) * P;
         for (int p = 0; p < P; ++p) prow[p] = row[bl.ids[size_t(p)]];
-    }
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; ++t) {
+    });
+    parallel_for_each(n, [&](int64_t t) {
         const float* src = h + size_t(t) * I;
         float* dst = hp.data() + size_t(t) * P;
         for (int p = 0; p < P; ++p) dst[p] = src[bl.ids[size_t(p)]];
-    }
+    });
     // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded
     // (its results depend on its thread count, and these statistics must not) on fixed
     // blocks of tokens that the engine threads share: the same bits for any thread count.
@@ -115,8 +112,7 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
     c.rr.resize(base + n);
     c.absh.resize((base + n) * E);
     const float omega = float(shared_weight);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; ++t) {
+    parallel_for_each(n, [&](int64_t t) {
         const size_t o = base + size_t(t);
         std::copy_n(x + size_t(t) * H, H, c.x.data() + o * H);
         const float* yt = y.data() + size_t(t) * B * H;  // [B, H]
@@ -143,7 +139,7 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
         double acc = 0;
         for (int i = 0; i < H; ++i) acc += double(r[i]) * r[i];
         c.rr[o] = float(acc);
-    }
+    });
     c.N += n;
 }
 
@@ -162,11 +158,10 @@ public:
         // xk: [n, H], hk: [n, I] the kept tokens' FFN inputs and activations.
         xk_.resize(size_t(n) * H);
         hk_.resize(size_t(n) * I);
-#pragma omp parallel for schedule(static)
-        for (int t = 0; t < n; ++t) {
+        parallel_for_each(n, [&](int64_t t) {
             std::copy_n(a.x + size_t(rows_[size_t(t)]) * H, H, xk_.data() + size_t(t) * H);
             std::copy_n(a.h + size_t(rows_[size_t(t)]) * I, I, hk_.data() + size_t(t) * I);
-        }
+        });
         fn_(l, xk_.data(), hk_.data(), n);
     }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/llama.h"
 #include "split/expert_plan.h"
 
@@ -23,22 +24,23 @@ RouterWeights make_centroid_router(const Model& dense, int layer, const LayerPla
     double gg = 0;
     for (float g : lw.post_norm) gg += double(g) * g;
     const double inv_gamma = gg > 0 ? 1.0 / std::sqrt(gg) : 1.0;
-#pragma omp parallel for schedule(dynamic)
-    for (int e = 0; e < E; ++e) {
-        std::vector<float> row(static_cast<size_t>(H));
-        std::vector<double> c(static_cast<size_t>(H), 0.0);
-        for (int32_t n : plan.experts[size_t(e)]) {
-            weight_row_f32(gate, n, row.data());
-            double ss = 0;
-            for (float v : row) ss += double(v) * v;
-            const double inv = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
-            for (int i = 0; i < H; ++i) c[size_t(i)] += row[size_t(i)] * inv;
+    parallel_for_dynamic(E, 1, [&](int64_t e0, int64_t e1, int) {
+        for (int e = int(e0); e < int(e1); ++e) {
+            std::vector<float> row(static_cast<size_t>(H));
+            std::vector<double> c(static_cast<size_t>(H), 0.0);
+            for (int32_t n : plan.experts[size_t(e)]) {
+                weight_row_f32(gate, n, row.data());
+                double ss = 0;
+                for (float v : row) ss += double(v) * v;
+                const double inv = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
+                for (int i = 0; i < H; ++i) c[size_t(i)] += row[size_t(i)] * inv;
+            }
+            double cc = 0;
+            for (double v : c) cc += v * v;
+            const double s = cc > 0 ? inv_gamma / std::sqrt(cc) : 0.0;
+            for (int i = 0; i < H; ++i) r.w1[size_t(e) * H + i] = float(c[size_t(i)] * s);
         }
-        double cc = 0;
-        for (double v : c) cc += v * v;
-        const double s = cc > 0 ? inv_gamma / std::sqrt(cc) : 0.0;
-        for (int i = 0; i < H; ++i) r.w1[size_t(e) * H + i] = float(c[size_t(i)] * s);
-    }
+    });
     if (mlp) {
         r.w2.assign(size_t(E) * E, 0.0f);
         for (int e = 0; e < E; ++e) r.w2[size_t(e) * E + e] = 1.0f;

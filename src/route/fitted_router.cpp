@@ -2,13 +2,13 @@
 
 #include <cblas.h>
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/moe_ffn.h"
 #include "model/matmul.h"
 
@@ -72,25 +72,38 @@ void nt_rows(const float* A, const float* B, float* C, int m0, int m1, int N, in
     }
     return;
 #endif
-    // Four dot products per sweep of a row of A: four independent accumulator
-    // chains, and the row is loaded once for them.
+    // Four dot products per sweep of a row of A, the row loaded once for them.
+    // Each sum runs in kLanes interleaved partial sums (term k in lane k mod
+    // kLanes), added in a fixed tree at the end: independent lanes vectorise
+    // without reassociation, and the order depends only on K.
+    constexpr int kLanes = 8;
+    auto total = [](const float* s) { return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])); };
+    const int K8 = K - K % kLanes;
     for (int m = m0; m < m1; ++m) {
         const float* a = A + size_t(m) * K;
         int n = 0;
         for (; n + 4 <= N; n += 4) {
             const float *b0 = B + size_t(n) * K, *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int k = 0; k < K; ++k) s0 += a[k] * b0[k], s1 += a[k] * b1[k], s2 += a[k] * b2[k], s3 += a[k] * b3[k];
+            float s0[kLanes] = {}, s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
+            for (int k = 0; k < K8; k += kLanes)
+                for (int l = 0; l < kLanes; ++l) {
+                    const float x = a[k + l];
+                    s0[l] += x * b0[k + l], s1[l] += x * b1[k + l], s2[l] += x * b2[k + l], s3[l] += x * b3[k + l];
+                }
+            for (int k = K8; k < K; ++k) {
+                const float x = a[k];
+                s0[k - K8] += x * b0[k], s1[k - K8] += x * b1[k], s2[k - K8] += x * b2[k], s3[k - K8] += x * b3[k];
+            }
             float* c = C + size_t(m) * N + n;
-            c[0] = s0, c[1] = s1, c[2] = s2, c[3] = s3;
+            c[0] = total(s0), c[1] = total(s1), c[2] = total(s2), c[3] = total(s3);
         }
         for (; n < N; ++n) {
             const float* b = B + size_t(n) * K;
-            float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-            for (int k = 0; k < K; ++k) s += a[k] * b[k];
-            C[size_t(m) * N + n] = s;
+            float s[kLanes] = {};
+            for (int k = 0; k < K8; k += kLanes)
+                for (int l = 0; l < kLanes; ++l) s[l] += a[k + l] * b[k + l];
+            for (int k = K8; k < K; ++k) s[k - K8] += a[k] * b[k];
+            C[size_t(m) * N + n] = total(s);
         }
     }
 }
@@ -104,8 +117,7 @@ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
         return;
     }
     const int pairs = (M + 1) / 2;
-#pragma omp parallel for schedule(static)
-    for (int pr = 0; pr < pairs; ++pr) nt_rows(A, B, C, 2 * pr, std::min(M, 2 * pr + 2), N, K);
+    parallel_for(pairs, [&](int64_t p0, int64_t p1) { nt_rows(A, B, C, int(2 * p0), std::min(M, int(2 * p1)), N, K); });
 }
 
 // part[M, N] += A[k0:k1, M]ᵀ · B[k0:k1, N], each sum adding its k terms in order.
@@ -156,29 +168,27 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
         constexpr int kCols = 512;
         BlasSingleThread one_thread;
         const int blocks = (N + kCols - 1) / kCols;
-#pragma omp parallel for schedule(dynamic)
-        for (int b = 0; b < blocks; ++b) {
-            const int n0 = b * kCols, nn = std::min(kCols, N - n0);
+        parallel_for_dynamic(blocks, 1, [&](int64_t b, int64_t, int) {
+            const int n0 = int(b) * kCols, nn = std::min(kCols, N - n0);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, nn, K, 1.0f, A, M, B + n0, N, 0.0f, C + n0, N);
-        }
+        });
         return;
     }
     // Partial sums over a fixed split of K (not one per thread), added in block
-    // order: the same bits whatever OMP_NUM_THREADS is. Within a block, C's
+    // order: the same bits for any thread count. Within a block, C's
     // partial sums are kept in registers for a tile of columns over a slice of
     // kRows rows of A and B (the slice stays in L2 across the tiles); each sum
     // still adds its k terms in order.
     const size_t MN = size_t(M) * N;
     const int blocks = std::max(1, std::min(K, kSumBlocks));
     std::vector<float> parts(size_t(blocks) * MN, 0.0f);
-#pragma omp parallel for schedule(static)
-    for (int blk = 0; blk < blocks; ++blk) {
+    parallel_for_each(blocks, [&](int64_t blk) {
         float* part = parts.data() + size_t(blk) * MN;
         const int k0 = int(int64_t(K) * blk / blocks), k1 = int(int64_t(K) * (blk + 1) / blocks);
         constexpr int kRows = 64;
         for (int ks = k0; ks < k1; ks += kRows)
             accumulate_tn_slice(A, B, part, M, N, ks, std::min(k1, ks + kRows));
-    }
+    });
     std::fill(C, C + MN, 0.0f);
     for (size_t off = 0; off < parts.size(); off += MN)
         for (size_t i = 0; i < MN; ++i) C[i] += parts[off + i];
@@ -210,9 +220,9 @@ FitData make_fit_data(const LayerCalib& c, const std::vector<float>& mass, const
     for (int i = 0; i < H; ++i) d.sigma[size_t(i)] = float(std::sqrt(ss[size_t(i)] / tr.size()) + 1e-12);
     auto gather = [&](const std::vector<int>& ids, std::vector<float>& out) {
         out.resize(ids.size() * H);
-#pragma omp parallel for schedule(static)
-        for (size_t j = 0; j < ids.size(); ++j)
-            for (int i = 0; i < H; ++i) out[j * H + i] = c.x[size_t(ids[j]) * H + i] / d.sigma[size_t(i)];
+        parallel_for_each(int64_t(ids.size()), [&](int64_t j) {
+            for (int i = 0; i < H; ++i) out[size_t(j) * H + i] = c.x[size_t(ids[size_t(j)]) * H + i] / d.sigma[size_t(i)];
+        });
     };
     gather(tr, d.x_tr);
     gather(va, d.x_va);
@@ -289,11 +299,11 @@ void norm_forward_rows(const NormRouter& r, const float* x, int n, int H, int E,
 // Rows [0, n) on all threads, in slices of 64 rows (each row's values do not depend on the slicing).
 void norm_forward(const NormRouter& r, const float* x, int n, int H, int E, float* u, float* a, float* z) {
     constexpr int kSlice = 64;
-#pragma omp parallel for schedule(static)
-    for (int s0 = 0; s0 < n; s0 += kSlice) {
+    parallel_for_each((n + kSlice - 1) / kSlice, [&](int64_t s) {
+        const int s0 = int(s) * kSlice;
         const size_t o = size_t(s0) * E;
         norm_forward_rows(r, x + size_t(s0) * H, std::min(kSlice, n - s0), H, E, u + o, a + o, z + o);
-    }
+    });
 }
 
 double held_out_mass(const NormRouter& r, const FitData& d, std::vector<float>& u, std::vector<float>& a, std::vector<float>& z,
@@ -319,12 +329,10 @@ double loss_and_gradient(const NormRouter& r, const FitData& d, std::vector<floa
     const size_t P1 = g1.size(), P2 = g2.size(), PB = P1 + P2;
     std::vector<float> parts(size_t(blocks) * PB, 0.0f);
     std::vector<double> token_loss(size_t(n), 0.0);
-#pragma omp parallel
-    {
-        const size_t SE = size_t(kSliceRows) * E;
+    parallel_for(blocks, [&](int64_t blk0, int64_t blk1) {
+        const size_t SE = size_t(kSliceRows) * E;  // this thread's slice buffers
         std::vector<float> u(SE), a(SE), z(SE), dz(SE), du(SE);
-#pragma omp for schedule(static)
-        for (int blk = 0; blk < blocks; ++blk) {
+        for (int blk = int(blk0); blk < int(blk1); ++blk) {
             float* p1 = parts.data() + size_t(blk) * PB;
             float* p2 = p1 + P1;
             const int k0 = int(int64_t(n) * blk / blocks), k1 = int(int64_t(n) * (blk + 1) / blocks);
@@ -349,7 +357,7 @@ double loss_and_gradient(const NormRouter& r, const FitData& d, std::vector<floa
                 }
             }
         }
-    }
+    });
     std::fill(g1.begin(), g1.end(), 0.0f);
     std::fill(g2.begin(), g2.end(), 0.0f);
     for (int blk = 0; blk < blocks; ++blk) {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/llama.h"
 #include "route/fitted_router.h"
 #include "route/build_routers.h"
@@ -81,8 +82,7 @@ void masked_activations(const LayerPlan& lp, const RefitRouting& r, const float*
     route_topk(logits.data(), n, E, k, r.weighting, sel.data(), w.data(), r.over_all);
     std::fill_n(z, size_t(n) * I, 0.0f);
     const float omega = float(r.shared_weight), scale = float(r.scale);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; ++t) {
+    parallel_for_each(n, [&](int64_t t) {
         const float* ht = h + size_t(t) * I;
         float* zt = z + size_t(t) * I;
         for (int j = 0; j < k; ++j) {
@@ -92,7 +92,7 @@ void masked_activations(const LayerPlan& lp, const RefitRouting& r, const float*
         }
         for (const auto& s : lp.shared)
             for (int32_t nid : s) zt[nid] += omega * ht[nid];
-    }
+    });
 }
 
 RefitLayerStats::RefitLayerStats(int width) : I(width) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "model/moe_ffn.h"
 #include "route/fitted_router.h"
 
@@ -26,8 +27,7 @@ void softmax_weights(const float* z, int E, const int32_t* st, int k, double bet
 }  // namespace
 
 void route_topk(const float* logits, int N, int E, int k, Weighting weighting, int32_t* sel, float* w, bool over_all) {
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < N; ++t) {
+    parallel_for_each(N, [&](int64_t t) {
         const float* z = logits + size_t(t) * E;
         int32_t* st = sel + size_t(t) * k;
         float* wt = w + size_t(t) * k;
@@ -36,31 +36,31 @@ void route_topk(const float* logits, int N, int E, int k, Weighting weighting, i
             for (int j = 0; j < k; ++j) wt[j] = 1.0f;
         else
             softmax_weights(z, E, st, k, 1.0, over_all, wt);
-    }
+    });
 }
 
 ScaleTerms scale_terms(const LayerCalib& c, const int32_t* sel, const float* w, int k) {
     // Sums over fixed chunks of tokens, added in chunk order: the same bits for any
-    // thread count (an OpenMP reduction's order depends on it).
+    // thread count (per-thread partial sums would depend on it).
     constexpr int kChunk = 256;
     const int chunks = (c.N + kChunk - 1) / kChunk;
     std::vector<double> rr_c(size_t(chunks), 0.0), num_c(size_t(chunks), 0.0), den_c(size_t(chunks), 0.0);
-#pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < chunks; ++ch)
-    for (int t = ch * kChunk; t < std::min(c.N, (ch + 1) * kChunk); ++t) {
-        double& rr = rr_c[size_t(ch)];
-        double& num = num_c[size_t(ch)];
-        double& den = den_c[size_t(ch)];
-        const int32_t* st = sel + size_t(t) * k;
-        const float* wt = w + size_t(t) * k;
-        rr += c.rr[size_t(t)];
-        for (int j = 0; j < k; ++j) {
-            if (st[j] < 0) continue;
-            num += double(wt[j]) * c.b[size_t(t) * c.E + size_t(st[j])];
-            for (int i = 0; i < k; ++i)
-                if (st[i] >= 0) den += double(wt[j]) * wt[i] * c.g(t, st[j], st[i]);
+    parallel_for_each(chunks, [&](int64_t ch) {
+        for (int t = int(ch) * kChunk; t < std::min(c.N, int(ch + 1) * kChunk); ++t) {
+            double& rr = rr_c[size_t(ch)];
+            double& num = num_c[size_t(ch)];
+            double& den = den_c[size_t(ch)];
+            const int32_t* st = sel + size_t(t) * k;
+            const float* wt = w + size_t(t) * k;
+            rr += c.rr[size_t(t)];
+            for (int j = 0; j < k; ++j) {
+                if (st[j] < 0) continue;
+                num += double(wt[j]) * c.b[size_t(t) * c.E + size_t(st[j])];
+                for (int i = 0; i < k; ++i)
+                    if (st[i] >= 0) den += double(wt[j]) * wt[i] * c.g(t, st[j], st[i]);
+            }
         }
-    }
+    });
     double rr = 0, num = 0, den = 0;
     for (int ch = 0; ch < chunks; ++ch) rr += rr_c[size_t(ch)], num += num_c[size_t(ch)], den += den_c[size_t(ch)];
     ScaleTerms s;
@@ -91,9 +91,9 @@ namespace {
 double temperature_error(const LayerCalib& c, const std::vector<float>& logits, const std::vector<int32_t>& sel, int k,
                          bool over_all, double beta, double fixed_scale, ScaleTerms* out) {
     std::vector<float> w(size_t(c.N) * k);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < c.N; ++t)
+    parallel_for_each(c.N, [&](int64_t t) {
         softmax_weights(logits.data() + size_t(t) * c.E, c.E, sel.data() + size_t(t) * k, k, beta, over_all, w.data() + size_t(t) * k);
+    });
     ScaleTerms s = scale_terms(c, sel.data(), w.data(), k);
     if (out) *out = s;
     return s.error(fixed_scale > 0 ? fixed_scale : s.best_scale());
