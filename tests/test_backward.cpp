@@ -3,7 +3,6 @@
 // every position, every neuron on a tiny model), against the demo model's
 // golden dNLL/dh, and its pieces (matmul_t, attention backward) against direct
 // double computations.
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>

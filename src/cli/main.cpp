@@ -1,9 +1,6 @@
 // moefy: turn a dense LLaMA-family model into a Mixture-of-Experts model.
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 
 #include "cli/cli_common.h"
 #include "common/error.h"
@@ -11,19 +8,7 @@
 #include "io/mapped_file.h"
 #include "model/ops/kernel_path.h"
 
-// OpenMP threads spin ~3 ms at every barrier by default; beside OpenBLAS's own
-// threads on a 2-core machine they steal each other's time slices (measured:
-// fitting the demo model's routers 84 s spinning vs 45 s passive; eval speed is
-// unchanged). libgomp reads OMP_WAIT_POLICY once, when it loads, so the only way
-// to choose it for the user is to set it and start again.
-static void prefer_passive_openmp(char** argv) {
-    if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
-}
-
 int main(int argc, char** argv) {
-    prefer_passive_openmp(argv);
     CLI::App app{"moefy: split a dense LLaMA-family model's FFNs into experts and write MoE checkpoints"};
     app.require_subcommand(1);
     app.set_version_flag("--version", fmt::format("moefy {}\nkernels: {} (activations {})", MOEFY_VERSION, moefy::ops::kernel_path_name(),

@@ -1,6 +1,6 @@
 // Byte movers of the converter. Sources are read straight from the mapping;
 // gathered and cast output is built in small chunks that a writer thread hands
-// to the sink (ChunkPipe) while the next chunk is gathered. Not OpenMP: the work
+// to the sink (ChunkPipe) while the next chunk is gathered. Not the thread pool: the work
 // is a two-stage pipeline (gather | kernel copy), not a parallel loop, and a
 // parallel region per 256 KiB chunk would cost more than it saves.
 #include <algorithm>

@@ -19,7 +19,7 @@
 //         result does not depend on which restart or seed found it.
 // Every sum runs in a fixed order (per document: ascending feature index; per
 // centroid: ascending document index), so the result is the same for any
-// number of OpenMP threads. The dense path's products go through OpenBLAS
+// number of threads. The dense path's products go through OpenBLAS
 // sgemm/sgemv, which split rows, never the reduction.
 #include <cstddef>
 #include <cstdint>

@@ -38,7 +38,7 @@ private:
 // address range in a fixed, lock-free table; this handler (installed once by
 // the CLI) finds the range holding the faulting address, writes one line
 // naming the file with write(2), and leaves with _exit(1). Nothing is
-// unwound: longjmp out of a copy loop through C++ frames (OpenMP workers,
+// unwound: longjmp out of a copy loop through C++ frames (pool workers,
 // locks, half-built vectors) would not be safe, and a fault is not something
 // to recover from. The temporary output the run was writing stays as
 // "OUT.tmp-<pid>", which the next run writing OUT removes (io/output_dir.h);
