@@ -474,6 +474,38 @@ TEST_P(EveryKernelPath, MatchesDoubleReference) {
     EXPECT_THROW(ops::parse_kernel_path("avx9"), Error);
 }
 
+// matmul_multi (q/k/v, gate/up: one conversion of x, the row blocks of all
+// products in one parallel region) gives each product's own matmul, bit for bit.
+TEST(EngineMatmul, MultiEqualsSeparateProductsOnEveryPath) {
+    Rng rng(9);
+    for (int K : {333, 256}) {
+        std::vector<std::vector<uint16_t>> raw;
+        std::vector<WeightRef> ws;
+        for (int N : {200, 96, 48}) {
+            Tensor W = randn(rng, {N, K}, 0.05);
+            raw.emplace_back(W.v.size());
+            from_f32(DType::BF16, W.v.data(), raw.back().data(), W.v.size());
+        }
+        for (size_t i = 0; i < raw.size(); ++i) ws.push_back({raw[i].data(), DType::BF16, int64_t(raw[i].size() / K), K});
+        Tensor x = randn(rng, {40, K}, 1.0);
+        for (ops::KernelPath p : {ops::KernelPath::Sgemm, ops::KernelPath::Avx2, ops::KernelPath::Avx512Bf16, ops::KernelPath::Amx}) {
+            if (!ops::cpu_supports(p)) continue;
+            ops::ScopedKernelPath sp(p);
+            for (int T : {3, 8, 40}) {
+                std::vector<std::vector<float>> multi(3), single(3);
+                for (int i = 0; i < 3; ++i) {
+                    multi[size_t(i)].assign(size_t(T) * size_t(ws[size_t(i)].rows), -1.0f);
+                    single[size_t(i)].assign(multi[size_t(i)].size(), -2.0f);
+                    matmul(x.v.data(), T, ws[size_t(i)], single[size_t(i)].data());
+                }
+                matmul_multi(x.v.data(), T, {{&ws[0], multi[0].data()}, {&ws[1], multi[1].data()}, {&ws[2], multi[2].data()}});
+                for (int i = 0; i < 3; ++i)
+                    ASSERT_EQ(multi[size_t(i)], single[size_t(i)]) << ops::kernel_path_name(p) << " K=" << K << " T=" << T << " product " << i;
+            }
+        }
+    }
+}
+
 // ---- dense models against the reference ------------------------------------------------
 
 TEST(EngineDense, DtypesAgreeAndMatchReference) {

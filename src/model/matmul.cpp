@@ -268,10 +268,20 @@ void matmul(const float* x, int T, const WeightRef& W, float* y, bool accumulate
 }
 
 void matmul_multi(const float* x, int T, std::initializer_list<MatmulOut> outs) {
-    bool direct = T > 0;
-    for (const MatmulOut& o : outs) direct = direct && o.W->cols > 0 && use_direct(T, *o.W);
+    bool direct = T > 0, own_bf16 = T > 0 && ops::kernel_path() != ops::KernelPath::Sgemm;
+    for (const MatmulOut& o : outs) {
+        direct = direct && o.W->cols > 0 && use_direct(T, *o.W);
+        own_bf16 = own_bf16 && o.W->cols > 0 && o.W->dtype == DType::BF16;
+    }
     if (direct) {
         matmul_direct(x, T, outs.begin(), outs.size(), false);
+        return;
+    }
+    if (own_bf16 && outs.size() <= 4) {  // one conversion of x, one parallel region
+        ops::Bf16Product ps[4];
+        int n = 0;
+        for (const MatmulOut& o : outs) ps[n++] = {static_cast<const uint16_t*>(o.W->data), o.W->rows, o.y, o.W->rows};
+        ops::gemm_bf16_multi(ops::kernel_path(), x, T, outs.begin()->W->cols, ps, n, false);
         return;
     }
     for (const MatmulOut& o : outs) matmul(x, T, *o.W, o.y);

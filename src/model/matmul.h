@@ -7,7 +7,7 @@
 //                 AMX, AVX512-BF16 or AVX2, chosen by model/ops/kernel_path.h)
 //                 on W packed per 64-row block; T >= 8.
 //   T large, else -> W is cut into row blocks (depending only on N, K) that the
-//                 engine threads share (model/parallel.h); each thread
+//                 engine threads share (common/parallel.h); each thread
 //                 converts its block (F16/BF16) into its own f32 buffer and
 //                 runs a single-threaded cblas_sgemm on it (F32 blocks go to
 //                 sgemm in place). T >= 32 (F32: T >= 2).

@@ -3,7 +3,7 @@
 // a row-major [N, K] BF16 matrix (a checkpoint's Hugging Face layout).
 //
 // W is cut into blocks of kBlockRows rows (a function of N only); the engine
-// threads (model/parallel.h) share the blocks. On avx512bf16 and avx2 each thread packs its block
+// threads (common/parallel.h) share the blocks. On avx512bf16 and avx2 each thread packs its block
 // into panels of 16 rows, [K/2][16 rows][2 k] (the operand layout of
 // vdpbf16ps: one 32-bit lane holds the pair k, k+1 of one row), in its own
 // buffer, then runs the micro-kernel over all T rows of x with the whole K in
@@ -27,9 +27,20 @@ namespace moefy::ops {
 
 constexpr int64_t kBlockRows = 64;
 
-// ldy: row stride of y. path must be Avx2 or Avx512Bf16 and supported.
+// ldy: row stride of y. path must be Amx, Avx512Bf16 or Avx2 and supported.
 void gemm_bf16(KernelPath path, const float* x, int T, const uint16_t* W, int64_t N, int64_t K, float* y, int64_t ldy,
                bool accumulate);
+
+// Several products of the same x (q/k/v, gate/up): x is converted once and
+// the threads share the row blocks of all of them in one parallel region;
+// each y is what gemm_bf16 gives. At most 4 products.
+struct Bf16Product {
+    const uint16_t* W;  // [N, K]
+    int64_t N;
+    float* y;  // [T, N], row stride ldy
+    int64_t ldy;
+};
+void gemm_bf16_multi(KernelPath path, const float* x, int T, int64_t K, const Bf16Product* ps, int count, bool accumulate);
 
 // Decoding (a few tokens) with activations rounded to BF16 (bf16 mode on the
 // amx and avx512bf16 paths): the stored weights are read once, row by row, with
