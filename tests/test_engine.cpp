@@ -19,6 +19,7 @@
 #include "common/rng.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/layers.h"
 #include "model/llama.h"
 #include "model/ops/kernel_path.h"
 #include "model/matmul.h"
@@ -502,6 +503,56 @@ TEST(EngineMatmul, MultiEqualsSeparateProductsOnEveryPath) {
                 for (int i = 0; i < 3; ++i)
                     ASSERT_EQ(multi[size_t(i)], single[size_t(i)]) << ops::kernel_path_name(p) << " K=" << K << " T=" << T << " product " << i;
             }
+        }
+    }
+}
+
+// Attention on every kernel path (amx and avx512bf16 run the AVX-512 tiles of
+// ops/attention_f32.h for head sizes 16..128, the others sgemm) against a double
+// reference: causal and sliding window, a key offset (a KV cache), GQA, query
+// counts that leave partial row and key tiles.
+TEST(EngineAttention, EveryPathMatchesDoubleReference) {
+    Rng rng(11);
+    struct Case { int heads, kv, d, T, S, kpos0; std::optional<int> window; };
+    for (const Case& c : {Case{4, 2, 64, 70, 70, 0, std::nullopt}, Case{2, 1, 128, 37, 45, 0, std::nullopt},
+                          Case{4, 4, 16, 33, 33, 0, 9}, Case{3, 1, 48, 20, 61, 3, std::nullopt}}) {
+        const int qld = c.heads * c.d, kld = c.kv * c.d, qpos0 = c.kpos0 + c.S - c.T;
+        Tensor q = randn(rng, {c.T, qld}, 1.0), k = randn(rng, {c.S, kld}, 1.0), v = randn(rng, {c.S, kld}, 1.0);
+        std::vector<double> want(size_t(c.T) * qld);
+        for (int t = 0; t < c.T; ++t)
+            for (int h = 0; h < c.heads; ++h) {
+                const int g = h / (c.heads / c.kv), p = qpos0 + t;
+                std::vector<double> w(size_t(c.S), 0.0);
+                double mx = -1e300, z = 0;
+                for (int j = 0; j < c.S; ++j) {
+                    const int kp = c.kpos0 + j;
+                    if (kp > p || (c.window && kp <= p - *c.window)) continue;
+                    double dot = 0;
+                    for (int i = 0; i < c.d; ++i) dot += double(q.v[size_t(t) * qld + h * c.d + i]) * k.v[size_t(j) * kld + g * c.d + i];
+                    w[size_t(j)] = dot / std::sqrt(double(c.d));
+                    mx = std::max(mx, w[size_t(j)]);
+                }
+                for (int j = 0; j < c.S; ++j) {
+                    const int kp = c.kpos0 + j;
+                    const bool vis = !(kp > p || (c.window && kp <= p - *c.window));
+                    w[size_t(j)] = vis ? std::exp(w[size_t(j)] - mx) : 0.0;
+                    z += w[size_t(j)];
+                }
+                for (int i = 0; i < c.d; ++i) {
+                    double o = 0;
+                    for (int j = 0; j < c.S; ++j) o += w[size_t(j)] * v.v[size_t(j) * kld + g * c.d + i];
+                    want[size_t(t) * qld + h * c.d + i] = o / z;
+                }
+            }
+        for (ops::KernelPath path : {ops::KernelPath::Sgemm, ops::KernelPath::Avx2, ops::KernelPath::Avx512Bf16, ops::KernelPath::Amx}) {
+            if (!ops::cpu_supports(path)) continue;
+            ops::ScopedKernelPath sp(path);
+            std::vector<float> out(want.size(), -7.0f);
+            layers::attention({c.heads, c.kv, c.d, c.window}, q.v.data(), c.T, qpos0, k.v.data(), v.v.data(), c.S, c.kpos0,
+                              out.data());
+            double err = 0;
+            for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(out[i] - want[i]));
+            EXPECT_LT(err, 2e-5) << ops::kernel_path_name(path) << " d=" << c.d << " T=" << c.T;
         }
     }
 }

@@ -5,7 +5,8 @@
 #include <cblas.h>
 
 #include "model/layers.h"
-#include "model/matmul.h"
+#include "model/ops/attention_f32.h"
+#include "model/scratch.h"
 #include "common/parallel.h"
 #include "model/vec_math.h"
 
@@ -76,14 +77,26 @@ void attention_direct(const AttnShape& s, const float* q, int T, int qpos0, cons
         int64_t(T) * S * s.heads * s.head_dim >= kParallelMinWork);
 }
 
-// Many queries: per (query block, head) pair, scores = Q·Kᵀ and out = P·V by
-// single-threaded sgemm on strided views of q, k, v (no copies). The threads
-// take the pairs in turn, heaviest blocks (most keys) first.
+// Many queries: per (query block, head) pair, scores = Q·Kᵀ and out = P·V,
+// single-threaded on strided views of q, k, v: the AVX-512 tiles of
+// model/ops/attention_f32.h (keys transposed once per call) where they serve,
+// else sgemm. The threads take the pairs in turn, heaviest blocks (most keys) first.
 void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const float* k, const float* v, int S,
                     int kpos0, float* out) {
     const int d = s.head_dim, qld = s.heads * d, kld = s.kv_heads * d, group = s.heads / s.kv_heads;
     const float scale = 1.0f / std::sqrt(float(d));
     const int blocks = (T + kQueryBlock - 1) / kQueryBlock;
+    const bool own = ops::attention_kernels_serve(d);
+    thread_local std::vector<float> kt_scratch;
+    float* kt = nullptr;  // [kv_heads][d][ldkt], the caller thread's
+    const int64_t ldkt = own ? ops::keys_transposed_stride(S) : 0;
+    if (own) {
+        kt = grow(kt_scratch, size_t(s.kv_heads) * size_t(d) * size_t(ldkt));
+        parallel_for_each(
+            s.kv_heads,
+            [&](int64_t g) { ops::transpose_keys(k + size_t(g) * d, kld, S, d, kt + size_t(g) * d * size_t(ldkt), ldkt); },
+            int64_t(S) * kld >= (1 << 16));
+    }
     auto pair = [&](int idx, std::vector<float>& sc) {
         const int t0 = (blocks - 1 - idx / s.heads) * kQueryBlock, h = idx % s.heads, g = h / group;
         const int tb = std::min(kQueryBlock, T - t0);
@@ -96,8 +109,12 @@ void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const 
             return;
         }
         if (sc.size() < size_t(tb) * size_t(nk)) sc.resize(size_t(tb) * size_t(nk));  // [tb, nk]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nk, d, scale, q + size_t(t0) * qld + size_t(h) * d, qld,
-                    k + size_t(lo) * kld + size_t(g) * d, kld, 0.0f, sc.data(), nk);
+        const float* qb = q + size_t(t0) * qld + size_t(h) * d;
+        if (own)
+            ops::attention_scores(qb, qld, tb, kt + size_t(g) * d * size_t(ldkt) + size_t(lo), ldkt, nk, d, scale, sc.data(), nk);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nk, d, scale, qb, qld, k + size_t(lo) * kld + size_t(g) * d,
+                        kld, 0.0f, sc.data(), nk);
         for (int i = 0; i < tb; ++i) {
             const KeyRange r = visible(qpos0 + t0 + i, S, kpos0, s.window);
             float* row = sc.data() + size_t(i) * nk;
@@ -106,10 +123,12 @@ void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const 
             softmax_row(row + a, b - a);
             std::fill(row + b, row + nk, 0.0f);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, d, nk, 1.0f, sc.data(), nk,
-                    v + size_t(lo) * kld + size_t(g) * d, kld, 0.0f, o, qld);
+        if (own)
+            ops::attention_apply(sc.data(), nk, tb, v + size_t(lo) * kld + size_t(g) * d, kld, nk, d, o, qld);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, d, nk, 1.0f, sc.data(), nk,
+                        v + size_t(lo) * kld + size_t(g) * d, kld, 0.0f, o, qld);
     };
-    BlasSingleThread single;
     parallel_run(
         [&](int th, int P) {
             thread_local std::vector<float> sc;
