@@ -7,11 +7,24 @@
 #include <thread>
 #include <vector>
 
+#include <cblas.h>
 #include <immintrin.h>
 
 namespace moefy {
 
 namespace {
+
+// OpenBLAS runs single-threaded for the whole process, set once here before any
+// BLAS call: every BLAS call of moefy is one thread's share of a pool loop (a
+// fixed block of rows or columns), so OpenBLAS's own threads would be a second
+// runtime competing with the pool for the same cores, and its results depend on
+// its thread count (ours must not depend on OMP_NUM_THREADS). Only the setting
+// happens at static-init time, not the pool's threads (they start on first use:
+// bench_eval forks before it starts any thread).
+[[maybe_unused]] const bool g_blas_single_threaded = [] {
+    openblas_set_num_threads(1);
+    return true;
+}();
 
 // About 20-50 µs of pause instructions before a waiting thread sleeps: long
 // enough to catch the next job of a forward pass, short next to a time slice.

@@ -2,12 +2,14 @@
 // moefy's one thread runtime: every parallel loop (the engine's products,
 // attention, norms and backward; text clustering, the splits, router fits and
 // calibration) runs on these worker threads, and OpenBLAS is only called
-// single-threaded inside them. A waiting thread spins for a few
-// microseconds, then sleeps in the kernel (futex): a runtime that spins ~3 ms at
-// every barrier (libgomp's default) burns whole time slices on an
-// oversubscribed machine (tests and builds beside us on 2 cores): measured 5 vs
-// 180 tokens/s decoding the demo model. Thread count: OMP_NUM_THREADS (the
-// variable users and scripts already set), else the CPU count.
+// single-threaded inside them (parallel.cpp sets it to one thread for the whole
+// process at start-up; a large BLAS product is split over the pool in fixed
+// blocks). A waiting thread spins for a few microseconds, then sleeps in the
+// kernel (futex): a runtime that spins ~3 ms at every barrier (libgomp's
+// default) burns whole time slices on an oversubscribed machine (tests and
+// builds beside us on 2 cores): measured 5 vs 180 tokens/s decoding the demo
+// model. Thread count: OMP_NUM_THREADS (the variable users and scripts already
+// set), else the CPU count.
 //
 // Bodies must not throw. A call from inside a running body (nested), or while
 // another thread owns the pool, runs serially on the calling thread.

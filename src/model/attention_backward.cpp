@@ -15,7 +15,6 @@
 
 #include "model/backward.h"
 #include "common/parallel.h"
-#include "model/matmul.h"
 
 namespace moefy::layers {
 
@@ -126,7 +125,6 @@ void attention_backward(const AttnShape& s, const float* q, const float* k, cons
     float* lse = stats;                         // [T, heads]
     float* dsum = stats + size_t(T) * s.heads;  // [T, heads]
     const int blocks = (T + kBlock - 1) / kBlock;
-    BlasSingleThread single;
     // Threads only when there is more than a few microseconds of work. Blocks
     // with the most work first: late query blocks in pass 1, early key blocks in pass 2.
     const bool par = size_t(T) * size_t(T) * size_t(s.heads) * size_t(s.head_dim) > (size_t(1) << 16);

@@ -194,6 +194,18 @@ void sgemm_xwt(const float* x, int T, const float* w, int64_t n, int64_t K, floa
                 accumulate ? 1.0f : 0.0f, y, int(ldy));
 }
 
+}  // namespace
+
+int64_t matmul_gemm_block_rows(int64_t N, int64_t K) {
+    const int64_t cap = std::max<int64_t>(16, kMaxBlockElems / std::max<int64_t>(K, 1));  // rows per block
+    // 2 blocks for small weights (less re-packing of x), else a multiple of 4
+    const int64_t unit = N * K >= (int64_t(1) << 20) ? 4 : 2;
+    const int64_t blocks = unit * ((N + unit * cap - 1) / (unit * cap));
+    return std::max<int64_t>(1, (N + blocks - 1) / blocks);
+}
+
+namespace {
+
 // Many tokens: W's rows are cut into equal blocks, a multiple of 4 of them (2
 // for small W), as few as the size cap allows (every sgemm call re-packs all of x); the engine
 // threads share the blocks, each converts its block (F16/BF16) into its own
@@ -207,12 +219,8 @@ void matmul_gemm(const float* x, int T, const WeightRef& W, float* y, bool accum
         ops::gemm_bf16(path, x, T, static_cast<const uint16_t*>(W.data), N, K, y, N, accumulate);
         return;
     }
-    const int64_t cap = std::max<int64_t>(16, kMaxBlockElems / K);  // rows per block
-    // 2 blocks for small weights (less re-packing of x), else a multiple of 4
-    const int64_t unit = N * K >= (int64_t(1) << 20) ? 4 : 2;
-    const int64_t blocks = unit * ((N + unit * cap - 1) / (unit * cap));
-    const int64_t nb = (N + blocks - 1) / blocks;
-    BlasSingleThread single;
+    const int64_t nb = matmul_gemm_block_rows(N, K);
+    const int64_t blocks = (N + nb - 1) / nb;
     auto block = [&](int64_t b) {
         const int64_t n0 = b * nb, n = std::min(nb, N - n0);
         if (n <= 0) return;
@@ -232,13 +240,6 @@ void matmul_gemm(const float* x, int T, const WeightRef& W, float* y, bool accum
 }  // namespace
 
 int matmul_gemm_min_tokens() { return kGemmMinTokens; }
-
-BlasSingleThread::BlasSingleThread() : prev_(openblas_get_num_threads()) {
-    if (prev_ != 1) openblas_set_num_threads(1);
-}
-BlasSingleThread::~BlasSingleThread() {
-    if (prev_ != 1) openblas_set_num_threads(prev_);
-}
 
 WeightRef weight_ref(const TensorView& v) { return {v.data, v.dtype, v.rows(), v.cols()}; }
 

@@ -65,18 +65,9 @@ void weight_row_f32(const WeightRef& W, int64_t r, float* out);
 // T at and above which F16/BF16 products go to sgemm (below: the direct kernel).
 int matmul_gemm_min_tokens();
 
-// While alive, OpenBLAS runs single-threaded (restored after), so that each
-// engine thread can call sgemm on its own share of the work. Construct it
-// outside parallel regions.
-class BlasSingleThread {
-public:
-    BlasSingleThread();
-    ~BlasSingleThread();
-    BlasSingleThread(const BlasSingleThread&) = delete;
-    BlasSingleThread& operator=(const BlasSingleThread&) = delete;
-
-private:
-    int prev_;
-};
+// Rows of W per block on the sgemm path (each block one single-threaded sgemm,
+// the blocks shared by the engine threads): depends on N and K only. The
+// benchmarks' sgemm floor cuts its products the same way.
+int64_t matmul_gemm_block_rows(int64_t N, int64_t K);
 
 }  // namespace moefy

@@ -50,7 +50,6 @@ void matmul_t(const float* x, int T, const WeightRef& W, float* y, bool accumula
     const int64_t blocks = (K + kb - 1) / kb;
     const size_t es = dtype_size(W.dtype);
     const float beta = accumulate ? 1.0f : 0.0f;
-    BlasSingleThread single;
     parallel_for_each(blocks, [&](int64_t b) {
         const int64_t k0 = b * kb, n = std::min(kb, K - k0);
         const auto* base = static_cast<const uint8_t*>(W.data) + size_t(k0) * es;

@@ -6,7 +6,6 @@
 #include "common/error.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
-#include "model/matmul.h"
 #include "route/centroid_router.h"
 #include "split/expert_plan.h"
 
@@ -107,10 +106,6 @@ RouterBuild build_from(const Model& model, const ExpertPlan& plan, const RouterO
     FitOptions fo = opt.fit;
     fo.top_k = k;
     fo.mlp = opt.mlp;
-    // The fit's products have E (a handful) columns: OpenBLAS's threads cost more
-    // than they give there (measured 51 s vs 44 s for the demo model), while the
-    // parallel loops around them keep both cores busy.
-    BlasSingleThread blas_single;
     for (int l = 0; l < L; ++l) {
         LayerRouter lr = build_layer(model, plan, opt, fo, l, stats.empty() ? nullptr : &stats[size_t(l)]);
         out.routers.push_back(std::move(lr.router));
@@ -139,7 +134,6 @@ LayerRouter build_layer_router(const Model& model, const ExpertPlan& plan, const
     FitOptions fo = opt.fit;
     fo.top_k = opt.top_k;
     fo.mlp = opt.mlp;
-    BlasSingleThread blas_single;
     return build_layer(model, plan, opt, fo, l, stats);
 }
 

@@ -75,14 +75,13 @@ void accumulate_calibration(LayerCalib& c, const LayerPlan& lp, const float* wd,
         float* dst = hp.data() + size_t(t) * P;
         for (int p = 0; p < P; ++p) dst[p] = src[bl.ids[size_t(p)]];
     });
-    // y: [n, B, H] every block's output; d: [n, H] the dense output. OpenBLAS single-threaded
-    // (its results depend on its thread count, and these statistics must not) on fixed
-    // blocks of tokens that the engine threads share: the same bits for any thread count.
+    // y: [n, B, H] every block's output; d: [n, H] the dense output. Single-threaded sgemm
+    // (OpenBLAS runs one thread process-wide, common/parallel.cpp) on fixed blocks of
+    // tokens that the engine threads share: the same bits for any thread count.
     // When the blocks partition the neurons (every split but a sharing gradient plan),
     // d is the sum of the block outputs, not a second product as large as all of them.
     const bool partition = blocks_partition(bl, I);
     constexpr int kRows = 128;
-    BlasSingleThread one_thread;
     parallel_for_each((n + kRows - 1) / kRows, [&](int64_t blk) {
         const int t0 = int(blk) * kRows, m = std::min(kRows, n - t0);
         for (int j = 0; j < B; ++j)

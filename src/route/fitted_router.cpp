@@ -10,7 +10,6 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "model/moe_ffn.h"
-#include "model/matmul.h"
 
 extern "C" void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,
                        int* info);
@@ -112,8 +111,14 @@ void nt_rows(const float* A, const float* B, float* C, int m0, int m1, int N, in
 // C[M, N] = A[M, K] · B[N, K]ᵀ
 void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K) {
     if (N > kSkinny) {
-        BlasSingleThread one_thread;  // OpenBLAS's results depend on its thread count; the fit's must not
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+        // Fixed row blocks of C, one single-threaded sgemm each, shared by the threads.
+        constexpr int kRows = 256;
+        const int blocks = (M + kRows - 1) / kRows;
+        parallel_for_each(blocks, [&](int64_t b) {
+            const int m0 = int(b) * kRows, mm = std::min(kRows, M - m0);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mm, N, K, 1.0f, A + size_t(m0) * K, K, B, K, 0.0f,
+                        C + size_t(m0) * N, N);
+        });
         return;
     }
     const int pairs = (M + 1) / 2;
@@ -166,7 +171,6 @@ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K) {
         // Fixed column blocks of C, one single-threaded sgemm each, shared by the
         // threads: both cores busy, the same bits for any thread count.
         constexpr int kCols = 512;
-        BlasSingleThread one_thread;
         const int blocks = (N + kCols - 1) / kCols;
         parallel_for_dynamic(blocks, 1, [&](int64_t b, int64_t, int) {
             const int n0 = int(b) * kCols, nn = std::min(kCols, N - n0);

@@ -13,7 +13,6 @@
 #include "route/fitted_router.h"
 #include "route/build_routers.h"
 #include "split/expert_plan.h"
-#include "model/matmul.h"
 
 extern "C" void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,
                        int* info);
@@ -28,7 +27,6 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 // S[I, I] += Xᵀ Y for X, Y [n, I] (f32 product, f64 sums).
 void add_tn(std::vector<double>& S, const float* X, const float* Y, int n, int I, std::vector<float>& tmp) {
     tmp.resize(size_t(I) * I);
-    BlasSingleThread one_thread;  // OpenBLAS's results depend on its thread count; the refit's must not
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, I, I, n, 1.0f, X, I, Y, I, 0.0f, tmp.data(), I);
     for (size_t i = 0; i < tmp.size(); ++i) S[i] += double(tmp[i]);
 }
@@ -43,7 +41,6 @@ double frob(const double* P, const double* Q, size_t n) {
 // R[H, I] = W[H, I] · S[I, I] in f64.
 std::vector<double> times(const std::vector<double>& W, const std::vector<double>& S, int H, int I) {
     std::vector<double> R(size_t(H) * I);
-    BlasSingleThread one_thread;
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, H, I, I, 1.0, W.data(), I, S.data(), I, 0.0, R.data(), I);
     return R;
 }
@@ -115,7 +112,6 @@ void accumulate_refit(RefitLayerStats& s, const float* W0, int H, const float* h
     }
     // y [n, H] = h W0ᵀ: only its energy is needed.
     std::vector<float> y(size_t(n) * H);
-    BlasSingleThread one_thread;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, I, 1.0f, h, I, W0, I, 0.0f, y.data(), H);
     double yy = 0;
     for (float v : y) yy += double(v) * v;
@@ -135,7 +131,6 @@ std::vector<float> solve_refit(const std::vector<double>& A, const std::vector<d
     std::vector<double> M(A);
     for (int i = 0; i < I; ++i) M[size_t(i) * I + i] += lambda;
     int n = I, nrhs = H, info = 0;
-    BlasSingleThread one_thread;  // LAPACK's blocked solve threads through OpenBLAS too
     dposv_("L", &n, &nrhs, M.data(), &n, B.data(), &n, &info);
     if (info != 0) fail("refit: the normal matrix plus λ = {:g} is not positive definite (LAPACK dposv info {})", lambda, info);
     std::vector<float> out(B.size());

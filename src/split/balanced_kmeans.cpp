@@ -12,7 +12,6 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/rng.h"
-#include "model/matmul.h"
 #include "split/balanced_assignment.h"
 #include "split/expert_plan.h"
 
@@ -130,7 +129,7 @@ Points make_points(const float* X, int n, int d, const KMeansOptions& opts) {
 // G[i, j] = p_i . c_j for centres C [m, d] given in p-space. G: [n, m].
 // One single-threaded sgemm per fixed block of rows, blocks spread over the
 // threads: every element is computed by the same call whatever the thread
-// count, and OpenBLAS's own threads never compete with ours.
+// count (OpenBLAS itself runs one thread, common/parallel.cpp).
 void point_dots(const Points& P, const float* C, int m, float* G) {
     constexpr int kRowBlock = 512;
     std::vector<double> mc(m, 0.0);  // mu . c_j
@@ -447,7 +446,6 @@ KMeansResult balanced_kmeans(const float* X, int n, int d, int k, const KMeansOp
 
     KMeansResult res;
     auto t0 = Clock::now();
-    BlasSingleThread blas1;  // OpenBLAS would start its own threads inside each of ours
     const Points P = make_points(X, n, d, opts);
     const int R = opts.restarts;
     const int threads = P.threads;
