@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "split/coactivation.h"
 #include "split/expert_plan.h"
@@ -145,7 +146,7 @@ TEST(GraphSplitCoact, MetricsAndThreshold) {
 TEST(GraphSplitCoact, MatchesBruteForce) {
     struct Case { int n, T, chunk; CoactMetric m; float thr; double zeros; };
     // Small chunks take the fused kernel (4-row blocks, tails, 64x256 tiles; T = 270
-    // spans two 256-token groups), chunks over 64 tokens BLAS (n = 1100: two panels).
+    // spans two 256-token groups), chunks over 64 tokens BLAS (n = 1100: 14 panels of 80 rows).
     for (const Case c : {Case{37, 50, 8, CoactMetric::l1, 1.0f, 0.0}, Case{1100, 270, 8, CoactMetric::plain, 0.5f, 0.0},
                          Case{70, 64, 8, CoactMetric::l1, 1.0f, 0.8}, Case{20, 40, 16, CoactMetric::l2, 1.0f, 0.0},
                          Case{1100, 250, 100, CoactMetric::l1, 10.0f, 0.0}}) {
@@ -165,6 +166,25 @@ TEST(GraphSplitCoact, MatchesBruteForce) {
             }
         EXPECT_LT(maxerr, 2e-5 * std::max(1.0f, c.thr)) << "n=" << c.n << " chunk=" << c.chunk;
     }
+}
+
+// The BLAS path's panels are shared by the pool's threads: the same bits for 1
+// thread and for all of them (n = 300: 10 panels, the last one short; a partial chunk).
+TEST(GraphSplitCoact, BlasPathSameBitsForAnyThreadCount) {
+    const int n = 300, T = 700, chunk = 128;
+    const auto acts = random_acts(T, n, 5, 0.1);
+    auto run = [&] {
+        CoactivationAccumulator a(n, CoactMetric::l1, chunk, 4.0f);
+        a.add(acts.data(), T);
+        a.finish();
+        return std::vector<float>(a.upper(), a.upper() + size_t(n) * n);
+    };
+    std::vector<float> one;
+    {
+        ScopedThreadLimit limit(1);
+        one = run();
+    }
+    EXPECT_EQ(one, run());  // all of the pool's threads (OMP_NUM_THREADS, else the CPUs)
 }
 
 TEST(GraphSplitCoact, RejectsBadInput) {

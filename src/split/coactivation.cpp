@@ -27,11 +27,13 @@ const char* coact_metric_name(CoactMetric m) {
     return "?";
 }
 
-// BLAS path: rows of adj per pass, so one chunk's panel rᵀr [P, I] (the
-// scratch) stays within a few MiB.
+// BLAS path: rows of adj per panel, so one chunk's panel rᵀr [P, I] (a thread's
+// scratch) stays within a few MiB, and at least about 16 panels, so that the
+// threads share the triangle evenly. Depends on n only.
 static int panel_rows(int n) {
-    int p = std::max(16, ((1 << 20) / std::max(n, 1)) / 16 * 16);
-    return std::min(p, n);
+    const int by_size = std::max(16, ((1 << 20) / std::max(n, 1)) / 16 * 16);
+    const int by_count = std::max(16, (n + 16 * 16 - 1) / (16 * 16) * 16);  // ceil(n / 16), rounded up to 16
+    return std::min({by_size, by_count, n});
 }
 
 CoactivationAccumulator::CoactivationAccumulator(int intermediate_size, CoactMetric metric, int chunk_tokens,
@@ -106,37 +108,45 @@ void CoactivationAccumulator::flush() {
 }
 
 // Large chunks: BLAS is efficient at rank k >= 64. For each panel of rows
-// [i0, i0+P) and each buffered chunk c:
+// [i0, i0+P) and each buffered chunk c, in chunk order:
 //   S = r_cᵀ r_c on rows [i0, i0+P), columns [i0, I)   (ssyrk on the diagonal
 //   block, sgemm right of it), then adj[i][j] += min(S[i][j], thr) for j >= i.
-// The clamp is O(I²) against BLAS's O(k·I²), so it stays serial and BLAS keeps
-// both cores (no parallel loop of ours competes with BLAS's own threads).
+// The panels are the pool's work items: a panel writes only its own rows of adj
+// and each thread has its own S, so every entry is the same single-threaded
+// calls and additions whatever the thread count. Panels of the triangle shrink
+// from the first to the last, so threads take them one at a time, largest first.
 void CoactivationAccumulator::flush_blas() {
     const int n = n_;
     const int T = buffered_;
     const int nchunks = (T + chunk_ - 1) / chunk_;
     const int P = panel_rows(n);
+    const int panels = (n + P - 1) / P;
     const float thr = threshold_;
-    if (scratch_.empty()) scratch_.resize(size_t(P) * size_t(n));
-    for (int i0 = 0; i0 < n; i0 += P) {
-        const int rows = std::min(P, n - i0);
-        const int cols = n - i0;     // columns i0..n-1
-        float* S = scratch_.data();  // [rows, cols], ld = cols
-        for (int c = 0; c < nchunks; ++c) {
-            const int t0 = c * chunk_;
-            const int k = std::min(chunk_, T - t0);
-            const float* r = buf_.data() + size_t(t0) * size_t(n);  // r_c: [k, I], ld = I
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, rows, k, 1.0f, r + i0, n, 0.0f, S, cols);
-            if (cols > rows)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols - rows, k, 1.0f, r + i0, n,
-                            r + i0 + rows, n, 0.0f, S + rows, cols);
-            for (int a = 0; a < rows; ++a) {
-                const float* s = S + size_t(a) * size_t(cols);
-                float* acc = acc_.data() + size_t(i0 + a) * size_t(n) + size_t(i0);
-                for (int b = a; b < cols; ++b) acc[b] += std::min(s[b], thr);
+    const size_t per_thread = size_t(P) * size_t(n);
+    const size_t threads = size_t(parallel_threads());
+    if (scratch_.size() < threads * per_thread) scratch_.resize(threads * per_thread);
+    parallel_for_dynamic(panels, 1, [&](int64_t p0, int64_t p1, int thread) {
+        float* S = scratch_.data() + size_t(thread) * per_thread;  // [rows, cols], ld = cols
+        for (int64_t p = p0; p < p1; ++p) {
+            const int i0 = int(p) * P;
+            const int rows = std::min(P, n - i0);
+            const int cols = n - i0;  // columns i0..n-1
+            for (int c = 0; c < nchunks; ++c) {
+                const int t0 = c * chunk_;
+                const int k = std::min(chunk_, T - t0);
+                const float* r = buf_.data() + size_t(t0) * size_t(n);  // r_c: [k, I], ld = I
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, rows, k, 1.0f, r + i0, n, 0.0f, S, cols);
+                if (cols > rows)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols - rows, k, 1.0f, r + i0, n,
+                                r + i0 + rows, n, 0.0f, S + rows, cols);
+                for (int a = 0; a < rows; ++a) {
+                    const float* s = S + size_t(a) * size_t(cols);
+                    float* acc = acc_.data() + size_t(i0 + a) * size_t(n) + size_t(i0);
+                    for (int b = a; b < cols; ++b) acc[b] += std::min(s[b], thr);
+                }
             }
         }
-    }
+    }, panels > 1);
 }
 
 // One vector register of floats: 16 with AVX-512 (the build is -march=native),

@@ -23,8 +23,9 @@
 // Compute: tokens are buffered in groups of whole chunks (>= 256 tokens) so adj
 // is swept once per group. Chunks of up to 64 tokens use a fused kernel
 // (product, clamp and add in registers, threads over tiles of adj, exact zeros
-// skipped); larger chunks use cblas_ssyrk/sgemm per panel of rows, where BLAS
-// is efficient. Accumulation is f32, as in the reference (adj is float32 there).
+// skipped); larger chunks use single-threaded cblas_ssyrk/sgemm per panel of
+// rows, where BLAS is efficient, the threads sharing the panels. Accumulation
+// is f32, as in the reference (adj is float32 there).
 // Memory: I² floats for adj plus the group buffer [group, I].
 #include <cstdint>
 #include <string_view>
@@ -95,7 +96,7 @@ private:
     int64_t tokens_ = 0;
     int64_t chunks_ = 0;
     std::vector<float> buf_;      // r: [group_tokens, I], kernel already applied
-    std::vector<float> scratch_;  // BLAS path: one panel of one chunk's rᵀr: [panel, I]
+    std::vector<float> scratch_;  // BLAS path: per thread, one panel of one chunk's rᵀr: [threads, panel, I]
     std::vector<float> acc_;      // adj: [I, I], upper triangle
 };
 
