@@ -203,6 +203,9 @@ struct SparseSpace final : KMeansSpace {
 
 // Dense rows X: [N, D] (normalised copy); centroids C: [K, D].
 struct DenseSpace final : KMeansSpace {
+    // Rows per BLAS call: fixed (the same calls for any thread count), small enough
+    // that a few thousand documents still make several blocks per thread.
+    static constexpr size_t kRowBlock = 256;
     const size_t N, D;
     const int K;
     std::vector<float> X, C;
@@ -223,24 +226,34 @@ struct DenseSpace final : KMeansSpace {
     bool nonzero(size_t i) const override { return nz[i]; }
     void set_centroid(int k, size_t i) override { std::copy_n(&X[i * D], D, &C[size_t(k) * D]); }
 
+    // s = X · c_k: one single-threaded sgemv per fixed block of rows, the blocks
+    // shared by the threads (the same calls for any thread count).
     void sims_to(int k, float* s) override {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(D), 1.0f, X.data(), int(D), &C[size_t(k) * D], 1, 0.0f, s, 1);
+        const int64_t blocks = int64_t((N + kRowBlock - 1) / kRowBlock);
+        parallel_for_each(blocks, [&](int64_t b) {
+            const size_t i0 = size_t(b) * kRowBlock, n = std::min(kRowBlock, N - i0);
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, int(n), int(D), 1.0f, &X[i0 * D], int(D), &C[size_t(k) * D], 1, 0.0f,
+                        s + i0, 1);
+        }, N * D > kParallelWork);
     }
 
-    // S = X · Cᵀ in row blocks, so the [block, K] buffer stays small.
+    // S = X · Cᵀ in fixed row blocks (one single-threaded sgemm each, a [block, K]
+    // buffer per thread), the blocks shared by the threads.
     void nearest(const int32_t* prev, int32_t* a, float* s) override {
-        const size_t B = 4096;
-        std::vector<float> S(B * size_t(K));
-        for (size_t i0 = 0; i0 < N; i0 += B) {
-            const size_t n = std::min(B, N - i0);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), K, int(D), 1.0f, &X[i0 * D], int(D), C.data(), int(D),
-                        0.0f, S.data(), K);
-            for (size_t r = 0; r < n; ++r) {
-                const float* row = &S[r * size_t(K)];
-                a[i0 + r] = argmax_keep(row, K, prev ? prev[i0 + r] : -1);
-                s[i0 + r] = row[a[i0 + r]];
+        const int64_t blocks = int64_t((N + kRowBlock - 1) / kRowBlock);
+        parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+            std::vector<float> S(kRowBlock * size_t(K));
+            for (int64_t b = b0; b < b1; ++b) {
+                const size_t i0 = size_t(b) * kRowBlock, n = std::min(kRowBlock, N - i0);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), K, int(D), 1.0f, &X[i0 * D], int(D), C.data(),
+                            int(D), 0.0f, S.data(), K);
+                for (size_t r = 0; r < n; ++r) {
+                    const float* row = &S[r * size_t(K)];
+                    a[i0 + r] = argmax_keep(row, K, prev ? prev[i0 + r] : -1);
+                    s[i0 + r] = row[a[i0 + r]];
+                }
             }
-        }
+        }, N * D * size_t(K) > kParallelWork);
     }
 
     void sims_of(const int32_t* a, float* s) override {
