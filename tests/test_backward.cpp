@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -376,6 +377,34 @@ TEST(MatmulTTest, MatchesDoubleProductForEveryDtypeAndBlockCount) {
                     ASSERT_NEAR(y2[i], s + 1.0, 1e-5 * mag + 1e-5) << dtype_name(dt) << " " << t << "," << k;
                 }
         }
+    }
+}
+
+// The weight gradient's sgemm tiles are shared by the pool's threads: the same
+// bits for 1 thread and for all of them, and the product it should be. Shapes:
+// several tiles each way with short edge tiles, and a router's few rows.
+TEST(BackwardTest, WeightGradSameBitsForAnyThreadCountAndMatchesDouble) {
+    Rng rng(17);
+    for (const auto& [N, K, n] : {std::tuple{300, 1100, 33}, std::tuple{8, 1300, 40}}) {
+        std::vector<float> dy(size_t(n) * N), x(size_t(n) * K), w0(size_t(N) * K);
+        for (float& v : dy) v = float(rng.normal());
+        for (float& v : x) v = float(rng.normal());
+        for (float& v : w0) v = float(rng.normal());
+        std::vector<float> one = w0, all = w0;
+        {
+            ScopedThreadLimit limit(1);
+            layers::add_weight_grad(one.data(), dy.data(), x.data(), n, N, K);
+        }
+        layers::add_weight_grad(all.data(), dy.data(), x.data(), n, N, K);
+        EXPECT_EQ(one, all) << N << "x" << K;
+        double maxerr = 0;
+        for (int i = 0; i < N; ++i)
+            for (int j = 0; j < K; ++j) {
+                double s = w0[size_t(i) * K + j];
+                for (int t = 0; t < n; ++t) s += double(dy[size_t(t) * N + i]) * x[size_t(t) * K + j];
+                maxerr = std::max(maxerr, std::fabs(s - all[size_t(i) * K + j]));
+            }
+        EXPECT_LT(maxerr, 1e-3) << N << "x" << K;
     }
 }
 

@@ -1,4 +1,5 @@
 // Backward of RMSNorm, RoPE and the SwiGLU activation (model/backward.h).
+#include <algorithm>
 #include <cmath>
 
 #include <cblas.h>
@@ -50,10 +51,19 @@ void swiglu_backward(const float* g, const float* u, const float* dh, size_t n, 
 }
 
 void add_weight_grad(float* dW, const float* dy, const float* x, int n, int64_t N, int64_t K) {
-    if (n <= 0) return;
-    // dW[N, K] += dyᵀ[N, n] · x[n, K]; sgemm splits N and K between its threads, never the
-    // sum over n, so the result does not depend on their number.
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(N), int(K), n, 1.0f, dy, int(N), x, int(K), 1.0f, dW, int(K));
+    if (n <= 0 || N <= 0 || K <= 0) return;
+    // dW[N, K] += dyᵀ[N, n] · x[n, K] in fixed tiles of dW (they depend on N and K
+    // only), one single-threaded sgemm each, the tiles shared by the threads:
+    // every element is the same call's sum over n whatever the thread count.
+    constexpr int64_t kTileRows = 128, kTileCols = 512;
+    const int64_t rb = std::min(N, kTileRows), cb = std::min(K, kTileCols);
+    const int64_t row_tiles = (N + rb - 1) / rb, col_tiles = (K + cb - 1) / cb;
+    parallel_for_each(row_tiles * col_tiles, [&](int64_t t) {
+        const int64_t r0 = (t / col_tiles) * rb, c0 = (t % col_tiles) * cb;
+        const int64_t rows = std::min(rb, N - r0), cols = std::min(cb, K - c0);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(rows), int(cols), n, 1.0f, dy + r0, int(N), x + c0, int(K),
+                    1.0f, dW + size_t(r0) * size_t(K) + size_t(c0), int(K));
+    }, N * K * int64_t(n) >= (int64_t(1) << 18));
 }
 
 }  // namespace moefy::layers
