@@ -1,7 +1,7 @@
 #pragma once
 // Shared pieces of the benchmarks: timing, peak RSS, a synthetic BF16 LLaMA
 // written to a temporary directory, and the sgemm floor a product is
-// measured against.
+// measured against (OpenBLAS sgemm, 1 thread per pool thread).
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -20,8 +20,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "io/safetensors.h"
+#include "model/matmul.h"
 #include "model/tensor_names.h"
 
 namespace moefy::bench {
@@ -186,18 +188,32 @@ struct TempPath {
 };
 
 // Best-of GFLOP/s of C[M, N] = A[M, K] · op(B) with f32 B: B is [N, K] (x·Wᵀ,
-// the forward's layout) when trans_b, else [K, N] (dy·W, the backward's).
+// the forward's layout) when trans_b, else [K, N] (dy·W, the backward's). Run as
+// the engine runs a product (model/matmul.cpp): OpenBLAS is single-threaded
+// process-wide, so N is cut into fixed blocks (matmul_gemm_block_rows) that the
+// pool's threads share, one single-threaded sgemm per block.
 inline double sgemm_gflops(int M, int64_t N, int64_t K, bool trans_b, double min_seconds) {
     std::vector<float> a(size_t(M) * size_t(K)), b(size_t(N) * size_t(K)), c(size_t(M) * size_t(N));
     Rng rng(9);
     for (float& x : a) x = float(rng.uniform() - 0.5);
     for (float& x : b) x = float(rng.uniform() - 0.5) * 0.02f;
+    const int64_t nb = matmul_gemm_block_rows(N, K);
+    const int64_t blocks = (N + nb - 1) / nb;
+    auto product = [&] {
+        parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+            for (int64_t blk = b0; blk < b1; ++blk) {
+                const int64_t n0 = blk * nb, n = std::min(nb, N - n0);
+                const float* bb = trans_b ? b.data() + size_t(n0) * size_t(K) : b.data() + n0;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, int(n), int(K), 1.0f,
+                            a.data(), int(K), bb, trans_b ? int(K) : int(N), 0.0f, c.data() + n0, int(N));
+            }
+        });
+    };
     double best = 1e30, spent = 0;
     int reps = 0;
     while ((spent < min_seconds || reps < 2) && reps < 50) {
         const double t0 = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, int(N), int(K), 1.0f, a.data(),
-                    int(K), b.data(), trans_b ? int(K) : int(N), 0.0f, c.data(), int(N));
+        product();
         const double dt = now() - t0;
         best = std::min(best, dt);
         spent += dt;

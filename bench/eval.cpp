@@ -2,7 +2,7 @@
 // all measured in the same run (the machine is shared: compare the ratios).
 //   perplexity (ctx 512):  2·params·tokens / time   vs  OpenBLAS sgemm GFLOP/s at
 //                          the model's own [512 x K]·[K x N] shapes (f32 weights,
-//                          OpenBLAS's own threads), and vs the vdpbf16ps peak of
+//                          1 OpenBLAS thread per pool thread), and vs the vdpbf16ps peak of
 //                          all engine threads (registers only)
 //   generation:            tokens/s  vs  streaming-read bandwidth / weight bytes per token,
 //                          the bandwidth measured right before and after each run
@@ -353,7 +353,7 @@ int main(int argc, char** argv) {
     bw = std::max(g_read_bw, read_bandwidth(size_t(1) << 30));
     peak = bf16_peak();
     fmt::print("\nfloors, same run: streaming read {:.1f} GB/s (best over the run, {} threads), sgemm floor of the dense shapes "
-               "{:.1f} GFLOP/s (OpenBLAS {}, own threads), BF16 product peak {:.1f} GFLOP/s ({}, {} threads)\n",
+               "{:.1f} GFLOP/s (OpenBLAS {}, 1 thread per pool thread), BF16 product peak {:.1f} GFLOP/s ({}, {} threads)\n",
                bw / 1e9, parallel_threads(), floor, openblas_get_corename(), peak,
                ops::cpu_supports(ops::KernelPath::Amx) ? "tdpbf16ps" : "vdpbf16ps", parallel_threads());
 

@@ -1,7 +1,9 @@
 // bench_gemm: one product y[M, N] = x[M, K] · Wᵀ (W BF16 [N, K]) on every
 // kernel path of this CPU, the paths interleaved round after round and each
 // one's best round kept, so that a shared machine's load hits them alike;
-// beside OpenBLAS sgemm on f32 weights and the vdpbf16ps register peak.
+// beside OpenBLAS sgemm on f32 weights (the floor: run as the engine runs it,
+// fixed column blocks shared by the pool, 1 OpenBLAS thread per pool thread)
+// and the vdpbf16ps register peak.
 //
 //   nice -n 10 build/bench_gemm [M N K] [--rounds R]
 #include <algorithm>
@@ -77,7 +79,8 @@ int main(int argc, char** argv) {
     const double flops = 2.0 * M * double(N) * double(K);
     const double floor = flops / sgemm_best / 1e9;
     fmt::print("[{} x {}] . [{} x {}]^T, {} engine threads, best of {} interleaved rounds\n", M, K, N, K, parallel_threads(), rounds);
-    fmt::print("  {:<40} {:>8.1f} GFLOP/s  (the floor)\n", "OpenBLAS sgemm, f32 weights", floor);
+    fmt::print("  {:<40} {:>8.1f} GFLOP/s  (the floor: 1 OpenBLAS thread per pool thread)\n", "OpenBLAS sgemm, f32 weights",
+               floor);
     for (const Path& p : paths)
         fmt::print("  {:<40} {:>8.1f} GFLOP/s  {:.2f} x floor\n", p.name, flops / p.best / 1e9, flops / p.best / 1e9 / floor);
     fmt::print("  {:<40} {:>8.1f} GFLOP/s  (registers only, every round)\n", "vdpbf16ps peak", peak);

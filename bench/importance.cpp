@@ -100,8 +100,8 @@ int main(int argc, char** argv) {
     try {
         BackwardOptions bo;
         bo.memory = parse_activation_memory(memory);
-        fmt::print("bench_importance: ctx {}, {} sequence(s), OpenBLAS threads {}, config: {}\n", ctx, seqs,
-                   openblas_get_num_threads(), openblas_get_config());
+        fmt::print("bench_importance: ctx {}, {} sequence(s), {} pool threads (1 OpenBLAS thread each), config: {}\n", ctx, seqs,
+                   parallel_threads(), openblas_get_config());
         TempPath dir{(std::filesystem::temp_directory_path() / fmt::format("moefy-bench-importance-{}", getpid())).string()};
         double t0 = now();
         write_synthetic_forked(dir.path, s);

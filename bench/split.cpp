@@ -8,6 +8,7 @@
 //
 //   bench_split [--quick] [--restarts R] [--metric l2|cos|spherical]
 //   --quick: 2752 x 1024, E = 8 and 16, 3 restarts
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,13 +60,25 @@ static std::vector<float> synthetic_layer(int n, int d, uint64_t seed) {
     return X;
 }
 
-// sgemm GFLOP/s on the distance GEMM shape [n, d] x [d, k], and on a square one.
-static double sgemm_gflops(int m, int n, int k, int reps) {
+// sgemm GFLOP/s on the distance GEMM shape [n, d] x [d, k], and on a square one:
+// one single-threaded call (OpenBLAS runs one thread process-wide), or with
+// `pool`, fixed blocks of 512 rows shared by the pool's threads (one
+// single-threaded call each, as the engine runs its products).
+static double sgemm_gflops(int m, int n, int k, int reps, bool pool = false) {
     std::vector<float> A(size_t(m) * k, 0.5f), B(size_t(n) * k, 0.25f), C(size_t(m) * n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, A.data(), k, B.data(), k, 0.0f, C.data(), n);
+    constexpr int kRows = 512;
+    auto product = [&] {
+        parallel_for((m + kRows - 1) / kRows, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+                const int r0 = int(b) * kRows, rows = std::min(kRows, m - r0);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, A.data() + size_t(r0) * k, k,
+                            B.data(), k, 0.0f, C.data() + size_t(r0) * n, n);
+            }
+        }, pool);
+    };
+    product();
     auto t0 = Clock::now();
-    for (int r = 0; r < reps; ++r)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, A.data(), k, B.data(), k, 0.0f, C.data(), n);
+    for (int r = 0; r < reps; ++r) product();
     return 2.0 * m * n * k * reps / secs(t0) / 1e9;
 }
 
@@ -91,17 +104,15 @@ int main(int argc, char** argv) {
     const std::vector<float> X = synthetic_layer(n, d, 1);
     std::printf("synthetic layer: %.2f s\n", secs(t0));
 
-    // Machine reference: the GEMM shapes k-means runs, single- and all-threaded.
-    const int nt = openblas_get_num_threads();
-    const double g_sq = sgemm_gflops(2048, 2048, 2048, 2);
-    const double g16_all = sgemm_gflops(n, 16, d, 5);
-    openblas_set_num_threads(1);
+    // Machine reference: the GEMM shapes k-means runs, on the pool and single-threaded.
+    const int nt = parallel_threads();
+    const double g_sq = sgemm_gflops(2048, 2048, 2048, 2, true);
+    const double g16_all = sgemm_gflops(n, 16, d, 5, true);
     const double g16_one = sgemm_gflops(n, 16, d, 5);
     const double g8_one = sgemm_gflops(n, 8, d, 5);
     const double g160_one = sgemm_gflops(n, 160, d, 2);
-    openblas_set_num_threads(nt);
-    std::printf("sgemm GFLOP/s: square 2048 (%d thr) %.1f | [%d x %d]x[%d x 16]: %d thr %.1f, 1 thr %.1f | "
-                "x8, 1 thr %.1f | x160, 1 thr %.1f\n",
+    std::printf("sgemm GFLOP/s (OpenBLAS 1 thread per pool thread): square 2048 (%d thr) %.1f | [%d x %d]x[%d x 16]: "
+                "%d thr %.1f, 1 thr %.1f | x8, 1 thr %.1f | x160, 1 thr %.1f\n",
                 nt, g_sq, n, d, d, nt, g16_all, g16_one, g8_one, g160_one);
 
     for (int E : {8, 16}) {
