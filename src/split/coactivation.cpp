@@ -51,7 +51,7 @@ CoactivationAccumulator::CoactivationAccumulator(int intermediate_size, CoactMet
     if (double(group_tokens_) * double(n) * sizeof(float) > double(size_t(4) << 30))
         fail("co-activation: a chunk of {} tokens x {} neurons would buffer over 4 GiB; use smaller chunks", chunk_, n_);
     buf_.resize(size_t(group_tokens_) * n);
-    acc_.assign(n * n, 0.0f);
+    acc_.assign(n * n, 0.0);
 }
 
 void CoactivationAccumulator::add(const float* acts, int T) {
@@ -141,8 +141,8 @@ void CoactivationAccumulator::flush_blas() {
                                 r + i0 + rows, n, 0.0f, S + rows, cols);
                 for (int a = 0; a < rows; ++a) {
                     const float* s = S + size_t(a) * size_t(cols);
-                    float* acc = acc_.data() + size_t(i0 + a) * size_t(n) + size_t(i0);
-                    for (int b = a; b < cols; ++b) acc[b] += std::min(s[b], thr);
+                    double* acc = acc_.data() + size_t(i0 + a) * size_t(n) + size_t(i0);
+                    for (int b = a; b < cols; ++b) acc[b] += double(std::min(s[b], thr));
                 }
             }
         }
@@ -163,12 +163,19 @@ static inline v8 load8(const float* p) {
     std::memcpy(&v, p, sizeof v);
     return v;
 }
-static inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 static inline v8 min8(v8 a, v8 b) { return a < b ? a : b; }
+// adj's lanes in double: y[0..kW) += v
+typedef double v8d __attribute__((vector_size(kW * 8)));
+static inline void add_to(double* y, v8 v) {
+    v8d a;
+    std::memcpy(&a, y, sizeof a);
+    a += __builtin_convertvector(v, v8d);
+    std::memcpy(y, &a, sizeof a);
+}
 
 // One row segment: acc[j] += min(Σ_t coef[t]·rows[t][j], thr) for j in [j0, j1).
 // 4 vectors of columns at a time keep the four sums in registers across the t loop.
-static void clamp_add_segment(float* acc, const float* const* rows, const float* coef, int m, int j0, int j1, float thr) {
+static void clamp_add_segment(double* acc, const float* const* rows, const float* coef, int m, int j0, int j1, float thr) {
     const v8 vt = v8{} + thr;
     int j = j0;
     for (; j + 4 * kW <= j1; j += 4 * kW) {
@@ -181,22 +188,22 @@ static void clamp_add_segment(float* acc, const float* const* rows, const float*
             s2 += a * load8(x + 2 * kW);
             s3 += a * load8(x + 3 * kW);
         }
-        float* y = acc + j;
-        store8(y, load8(y) + min8(s0, vt));
-        store8(y + kW, load8(y + kW) + min8(s1, vt));
-        store8(y + 2 * kW, load8(y + 2 * kW) + min8(s2, vt));
-        store8(y + 3 * kW, load8(y + 3 * kW) + min8(s3, vt));
+        double* y = acc + j;
+        add_to(y, min8(s0, vt));
+        add_to(y + kW, min8(s1, vt));
+        add_to(y + 2 * kW, min8(s2, vt));
+        add_to(y + 3 * kW, min8(s3, vt));
     }
     for (; j < j1; ++j) {
         float s = 0.0f;
         for (int t = 0; t < m; ++t) s += coef[t] * rows[t][j];
-        acc[j] += std::min(s, thr);
+        acc[j] += double(std::min(s, thr));
     }
 }
 
 // Four rows at once (the r loads are shared): acc[q][j] += min(Σ_t coef[t][q]·rows[t][j], thr)
 // for q < 4 and j in [j0, j1). coef: [m, 4]. All j must lie on or above row 3's diagonal.
-static void clamp_add_4rows(float* const* acc, const float* const* rows, const float* coef, int m, int j0, int j1,
+static void clamp_add_4rows(double* const* acc, const float* const* rows, const float* coef, int m, int j0, int j1,
                             float thr) {
     const v8 vt = v8{} + thr;
     int j = j0;
@@ -211,16 +218,16 @@ static void clamp_add_4rows(float* const* acc, const float* const* rows, const f
             }
         }
         for (int q = 0; q < 4; ++q) {
-            float* y = acc[q] + j;
-            store8(y, load8(y) + min8(s[q][0], vt));
-            store8(y + kW, load8(y + kW) + min8(s[q][1], vt));
+            double* y = acc[q] + j;
+            add_to(y, min8(s[q][0], vt));
+            add_to(y + kW, min8(s[q][1], vt));
         }
     }
     for (; j < j1; ++j)
         for (int q = 0; q < 4; ++q) {
             float v = 0.0f;
             for (int t = 0; t < m; ++t) v += coef[4 * t + q] * rows[t][j];
-            acc[q][j] += std::min(v, thr);
+            acc[q][j] += double(std::min(v, thr));
         }
 }
 
@@ -244,7 +251,7 @@ void CoactivationAccumulator::flush_fused() {
         for (int bj = 0; bj < nbj; ++bj)
             if ((bj + 1) * BJ > bi * BI) tiles.push_back({bi * BI, bj * BJ});
     const float* r = buf_.data();  // [T, I]
-    float* adj = acc_.data();
+    double* adj = acc_.data();
     struct Scratch {
         std::vector<float> coef;
         std::vector<const float*> rows;
@@ -262,8 +269,8 @@ void CoactivationAccumulator::flush_fused() {
             // Rows four at a time; the few columns left of row i+3's diagonal go one row at a time.
             for (; i + 4 <= i1 && std::max(i, j0) < j1; i += 4) {
                 const int js = std::max(i, j0), jd = std::min(j1, std::max(js, i + 3));
-                float* acc[4] = {adj + size_t(i) * N, adj + size_t(i + 1) * N, adj + size_t(i + 2) * N,
-                                 adj + size_t(i + 3) * N};
+                double* acc[4] = {adj + size_t(i) * N, adj + size_t(i + 1) * N, adj + size_t(i + 2) * N,
+                                  adj + size_t(i + 3) * N};
                 for (int c = 0; c < nchunks; ++c) {
                     const int t0 = c * chunk_, t1 = std::min(T, t0 + chunk_);
                     int m = 0;
@@ -278,14 +285,14 @@ void CoactivationAccumulator::flush_fused() {
                         for (int j = std::max(js, i + q); j < jd; ++j) {
                             float v = 0.0f;
                             for (int t = 0; t < m; ++t) v += coef[size_t(4 * t + q)] * rows[size_t(t)][j];
-                            acc[q][j] += std::min(v, thr);
+                            acc[q][j] += double(std::min(v, thr));
                         }
                     clamp_add_4rows(acc, rows.data(), coef.data(), m, jd, j1, thr);
                 }
             }
             for (; i < i1 && std::max(i, j0) < j1; ++i) {
                 const int js = std::max(i, j0);
-                float* acc = adj + size_t(i) * N;
+                double* acc = adj + size_t(i) * N;
                 for (int c = 0; c < nchunks; ++c) {
                     const int t0 = c * chunk_, t1 = std::min(T, t0 + chunk_);
                     int m = 0;
@@ -304,13 +311,13 @@ std::vector<float> CoactivationAccumulator::symmetric() const { return mirror_up
 
 double CoactivationAccumulator::saturated_fraction() const {
     if (n_ < 2 || chunks_ == 0) return 0.0;
-    const float full = float(double(chunks_) * threshold_ * (1.0 - 1e-5));
+    const double full = double(chunks_) * threshold_ * (1.0 - 1e-5);
     const size_t N = size_t(n_);
     std::vector<long> count_of(size_t(parallel_threads()), 0);  // per thread (integer counts: any order)
     parallel_for_dynamic(n_, 16, [&](int64_t i0, int64_t i1, int thread) {
         long c = 0;
         for (int i = int(i0); i < int(i1); ++i) {
-            const float* row = acc_.data() + size_t(i) * N;
+            const double* row = acc_.data() + size_t(i) * N;
             for (size_t j = size_t(i) + 1; j < N; ++j) c += row[j] >= full;
         }
         count_of[size_t(thread)] += c;
@@ -320,7 +327,7 @@ double CoactivationAccumulator::saturated_fraction() const {
     return double(count) / (double(N) * double(N - 1) / 2.0);
 }
 
-std::vector<float> mirror_upper(const float* upper, int n) {
+std::vector<float> mirror_upper(const double* upper, int n) {
     const size_t N = size_t(n);
     std::vector<float> full(N * N);
     constexpr int B = 64;
@@ -332,7 +339,7 @@ std::vector<float> mirror_upper(const float* upper, int n) {
                 const int j0 = bj * B, j1 = std::min(n, j0 + B);
                 for (int i = i0; i < i1; ++i)
                     for (int j = std::max(i, j0); j < j1; ++j) {
-                        const float v = upper[size_t(i) * N + size_t(j)];
+                        const float v = float(upper[size_t(i) * N + size_t(j)]);
                         full[size_t(i) * N + size_t(j)] = v;
                         full[size_t(j) * N + size_t(i)] = v;
                     }

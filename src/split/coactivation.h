@@ -24,9 +24,14 @@
 // is swept once per group. Chunks of up to 64 tokens use a fused kernel
 // (product, clamp and add in registers, threads over tiles of adj, exact zeros
 // skipped); larger chunks use single-threaded cblas_ssyrk/sgemm per panel of
-// rows, where BLAS is efficient, the threads sharing the panels. Accumulation
-// is f32, as in the reference (adj is float32 there).
-// Memory: I² floats for adj plus the group buffer [group, I].
+// rows, where BLAS is efficient, the threads sharing the panels. Each chunk's
+// clamped f32 contribution is added in double (the reference keeps adj in f32):
+// the sum then does not depend, in practice, on the order the chunks arrive in,
+// so data-parallel ranks that each sum their own chunks get the one-process
+// matrix (in f32 the last bits differed, and the graph's integer edge weights,
+// ⌊adj / threshold⌋, could fall on either side of a boundary). The graph reads
+// it as f32, the reference's dtype (symmetric()).
+// Memory: I² doubles for adj plus the group buffer [group, I].
 #include <cstdint>
 #include <string_view>
 #include <vector>
@@ -71,9 +76,9 @@ public:
 
     // adj: [I, I] row-major; only j >= i is filled, the strict lower triangle is 0.
     // Complete only after finish(): up to a group of tokens may still be buffered.
-    const float* upper() const { return acc_.data(); }
-    float at(int i, int j) const { return i <= j ? acc_[size_t(i) * size_t(n_) + size_t(j)] : at(j, i); }
-    // The full symmetric [I, I] matrix (diagonal included), mirrored from upper().
+    const double* upper() const { return acc_.data(); }
+    double at(int i, int j) const { return i <= j ? acc_[size_t(i) * size_t(n_) + size_t(j)] : at(j, i); }
+    // The full symmetric [I, I] matrix in f32 (diagonal included), mirrored from upper().
     std::vector<float> symmetric() const;
     // Fraction of neuron pairs i < j clamped in every chunk (adj = chunks·threshold).
     // Near 1, the graph is close to uniform and carries little signal: use
@@ -97,11 +102,11 @@ private:
     int64_t chunks_ = 0;
     std::vector<float> buf_;      // r: [group_tokens, I], kernel already applied
     std::vector<float> scratch_;  // BLAS path: per thread, one panel of one chunk's rᵀr: [threads, panel, I]
-    std::vector<float> acc_;      // adj: [I, I], upper triangle
+    std::vector<double> acc_;     // adj: [I, I], upper triangle
 };
 
 // Mirrors the upper triangle of a row-major [n, n] matrix into a full symmetric
-// one (cache-blocked).
-std::vector<float> mirror_upper(const float* upper, int n);
+// f32 one (cache-blocked).
+std::vector<float> mirror_upper(const double* upper, int n);
 
 }  // namespace moefy
