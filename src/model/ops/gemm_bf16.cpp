@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "io/dtype.h"
 #include "common/parallel.h"
+#include "model/ops/amx_tiles.h"
 #include "model/scratch.h"
 
 // GCC 12 warns inside its own AVX-512 intrinsics (the "undefined" register that
@@ -90,13 +91,12 @@ int64_t total_rows(const Bf16Product* ps, int n) {
 
 #define MOEFY_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
-// x [K] f32 -> `terms` rows of KPa BF16 pairs (pairs past K zero):
-// t0 = bf16(x), t1 = bf16(x - t0), t2 = bf16(x - t0 - t1). Three terms hold
-// all 24 bits of a normal f32, so Σ_j W·t_j is the f32 product (each BF16 x
-// BF16 product is exact in f32).
 MOEFY_AVX512BF16 inline __m512 bf16_lanes_to_f32(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+
+}  // namespace
+
 MOEFY_AVX512BF16 void to_bf16_terms(const float* x, int64_t K, int64_t KPa, int terms, uint32_t* const* out) {
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -117,6 +117,8 @@ MOEFY_AVX512BF16 void to_bf16_terms(const float* x, int64_t K, int64_t KPa, int 
         }
     }
 }
+
+namespace {
 
 // y[MR, NP·16] (+)= x[MR rows of KP pairs] · panels; cols: valid columns (≤ NP·16).
 template <int MR, int NP, int TERMS>
@@ -248,26 +250,6 @@ void gemm_avx512(const float* x, int T, int64_t K, const Bf16Product* ps, int co
 // tdpbf16ps, prepared once per call. A C tile is then y's transpose [16 W rows]
 // [16 tokens]; it is transposed in registers on the way out. Packing W cost
 // about as much as the products themselves when an expert sees ~128 tokens.
-
-#define MOEFY_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
-
-struct TileConfig {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-// C tiles 0-3: [2 W-row tiles][2 token tiles] of 16 x 16 f32; A tiles 4-5 (16
-// rows of W x 32 k), B tiles 6-7 (16 pairs x 16 tokens). Every tile is 16 rows
-// x 64 bytes.
-MOEFY_AMX void amx_configure() {
-    TileConfig c;
-    for (int i = 0; i < 8; ++i) c.rows[i] = 16, c.colsb[i] = 64;
-    _tile_loadconfig(&c);
-}
-
-MOEFY_AMX void amx_release() { _tile_release(); }
 
 constexpr int kAmxRows = 32;    // W rows per block (two A tiles)
 constexpr int kAmxTokens = 32;  // tokens per step (two B tiles)

@@ -48,6 +48,11 @@ void gemm_bf16_multi(KernelPath path, const float* x, int T, int64_t K, const Bf
 // rows [n0, n1) of one or several products over threads.
 // xb: T rows of bf16_row_stride(K) BF16 values (the pad element is zero).
 int64_t bf16_row_stride(int64_t K);
+// x [K] f32 -> `terms` (1..3) rows of KPa BF16 pairs (pairs past K zero):
+// t0 = bf16(x), t1 = bf16(x - t0), t2 = bf16(x - t0 - t1). Three terms hold
+// all 24 bits of a normal f32, so Σ_j W·t_j is the f32 product (each BF16 x
+// BF16 product is exact in f32). Needs AVX512-BF16.
+void to_bf16_terms(const float* x, int64_t K, int64_t KPa, int terms, uint32_t* const* out);
 // Rounds x [T, K] as the micro-kernels do (so decode and prefill see the same x).
 void round_rows_to_bf16(const float* x, int T, int64_t K, uint16_t* out);
 // y[t, n] (+)= dot(xb[t], W[n]) for n in [n0, n1); y row stride ldy. Needs AVX512-BF16.
