@@ -508,14 +508,16 @@ TEST(EngineMatmul, MultiEqualsSeparateProductsOnEveryPath) {
 }
 
 // Attention on every kernel path (amx and avx512bf16 run the AVX-512 tiles of
-// ops/attention_f32.h for head sizes 16..128, the others sgemm) against a double
-// reference: causal and sliding window, a key offset (a KV cache), GQA, query
+// ops/attention_f32.h for head sizes 16..128, amx in bf16 mode the AMX tiles of
+// ops/attention_amx.h for head sizes that are multiples of 32, the others sgemm)
+// against a double reference: causal and sliding window, a key offset (a KV cache), GQA, query
 // counts that leave partial row and key tiles.
 TEST(EngineAttention, EveryPathMatchesDoubleReference) {
     Rng rng(11);
     struct Case { int heads, kv, d, T, S, kpos0; std::optional<int> window; };
     for (const Case& c : {Case{4, 2, 64, 70, 70, 0, std::nullopt}, Case{2, 1, 128, 37, 45, 0, std::nullopt},
-                          Case{4, 4, 16, 33, 33, 0, 9}, Case{3, 1, 48, 20, 61, 3, std::nullopt}}) {
+                          Case{4, 4, 16, 33, 33, 0, 9}, Case{3, 1, 48, 20, 61, 3, std::nullopt},
+                          Case{4, 2, 32, 50, 77, 5, 12}, Case{2, 2, 96, 100, 100, 0, std::nullopt}}) {
         const int qld = c.heads * c.d, kld = c.kv * c.d, qpos0 = c.kpos0 + c.S - c.T;
         Tensor q = randn(rng, {c.T, qld}, 1.0), k = randn(rng, {c.S, kld}, 1.0), v = randn(rng, {c.S, kld}, 1.0);
         std::vector<double> want(size_t(c.T) * qld);
@@ -547,12 +549,20 @@ TEST(EngineAttention, EveryPathMatchesDoubleReference) {
         for (ops::KernelPath path : {ops::KernelPath::Sgemm, ops::KernelPath::Avx2, ops::KernelPath::Avx512Bf16, ops::KernelPath::Amx}) {
             if (!ops::cpu_supports(path)) continue;
             ops::ScopedKernelPath sp(path);
-            std::vector<float> out(want.size(), -7.0f);
-            layers::attention({c.heads, c.kv, c.d, c.window}, q.v.data(), c.T, qpos0, k.v.data(), v.v.data(), c.S, c.kpos0,
-                              out.data());
-            double err = 0;
-            for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(out[i] - want[i]));
-            EXPECT_LT(err, 2e-5) << ops::kernel_path_name(path) << " d=" << c.d << " T=" << c.T;
+            for (bool exact : {true, false}) {
+                if (!exact && path != ops::KernelPath::Amx) continue;
+                const bool prev = ops::set_exact_activations(exact);
+                std::vector<float> out(want.size(), -7.0f);
+                layers::attention({c.heads, c.kv, c.d, c.window}, q.v.data(), c.T, qpos0, k.v.data(), v.v.data(), c.S,
+                                  c.kpos0, out.data());
+                ops::set_exact_activations(prev);
+                double err = 0;
+                for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(out[i] - want[i]));
+                // bf16 mode on amx (d a multiple of 32): operands split into two BF16 terms, 2^-16 per
+                // product (measured up to 1.3e-5 here; one BF16 per operand would be near 1e-2)
+                EXPECT_LT(err, exact ? 2e-5 : 5e-5) << ops::kernel_path_name(path) << " exact=" << exact << " d=" << c.d
+                                                    << " T=" << c.T;
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 #include <cblas.h>
 
 #include "model/layers.h"
+#include "model/ops/attention_amx.h"
 #include "model/ops/attention_f32.h"
 #include "model/scratch.h"
 #include "common/parallel.h"
@@ -32,11 +33,17 @@ inline KeyRange visible(int p, int S, int kpos0, const std::optional<int>& windo
     return {lo, std::max(lo, hi)};
 }
 
+// In place over row[0..n): exp(row - max(row)); returns 1 / Σ (0 for n = 0,
+// a row with no visible key).
+float exp_row(float* row, int n) {
+    if (n <= 0) return 0.0f;
+    const float m = vmath::max_of(row, size_t(n));
+    return 1.0f / vmath::exp_shifted(row, m, row, size_t(n));
+}
+
 // In place over row[0..n): softmax; a row with no visible key becomes all zero.
 void softmax_row(float* row, int n) {
-    if (n <= 0) return;
-    const float m = vmath::max_of(row, size_t(n));
-    const float inv = 1.0f / vmath::exp_shifted(row, m, row, size_t(n));
+    const float inv = exp_row(row, n);
     for (int j = 0; j < n; ++j) row[j] *= inv;
 }
 
@@ -78,15 +85,31 @@ void attention_direct(const AttnShape& s, const float* q, int T, int qpos0, cons
 }
 
 // Many queries: per (query block, head) pair, scores = Q·Kᵀ and out = P·V,
-// single-threaded on strided views of q, k, v: the AVX-512 tiles of
-// model/ops/attention_f32.h (keys transposed once per call) where they serve,
-// else sgemm. The threads take the pairs in turn, heaviest blocks (most keys) first.
+// single-threaded on strided views of q, k, v: the AMX tiles of
+// model/ops/attention_amx.h (keys and values split into their B layouts once
+// per call) or the AVX-512 tiles of model/ops/attention_f32.h (keys transposed
+// once per call) where they serve, else sgemm. The threads take the pairs in turn, heaviest blocks (most keys) first.
 void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const float* k, const float* v, int S,
                     int kpos0, float* out) {
     const int d = s.head_dim, qld = s.heads * d, kld = s.kv_heads * d, group = s.heads / s.kv_heads;
     const float scale = 1.0f / std::sqrt(float(d));
     const int blocks = (T + kQueryBlock - 1) / kQueryBlock;
-    const bool own = ops::attention_kernels_serve(d);
+    const bool amx = ops::attention_amx_serves(d);
+    const bool own = !amx && ops::attention_kernels_serve(d);
+    thread_local std::vector<uint32_t> kb_scratch, vb_scratch;
+    uint32_t *kb = nullptr, *vb = nullptr;  // [kv_heads][amx_kv_size], the caller thread's
+    const int64_t ldkv = amx ? ops::amx_kv_stride(S) : 0;
+    const size_t kv_size = amx ? ops::amx_kv_size(S, d) : 0;
+    if (amx) {
+        kb = grow_aligned(kb_scratch, size_t(s.kv_heads) * kv_size);
+        vb = grow_aligned(vb_scratch, size_t(s.kv_heads) * kv_size);
+        parallel_for_each(
+            s.kv_heads,
+            [&](int64_t g) {
+                ops::amx_prepare_kv(k + size_t(g) * d, v + size_t(g) * d, kld, S, d, kb + size_t(g) * kv_size, vb + size_t(g) * kv_size);
+            },
+            int64_t(S) * kld >= (1 << 16));
+    }
     thread_local std::vector<float> kt_scratch;
     float* kt = nullptr;  // [kv_heads][d][ldkt], the caller thread's
     const int64_t ldkt = own ? ops::keys_transposed_stride(S) : 0;
@@ -110,24 +133,33 @@ void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const 
         }
         if (sc.size() < size_t(tb) * size_t(nk)) sc.resize(size_t(tb) * size_t(nk));  // [tb, nk]
         const float* qb = q + size_t(t0) * qld + size_t(h) * d;
-        if (own)
+        if (amx)
+            ops::amx_attention_scores(qb, qld, tb, kb + size_t(g) * kv_size, ldkv, lo, nk, d, scale, sc.data(), nk);
+        else if (own)
             ops::attention_scores(qb, qld, tb, kt + size_t(g) * d * size_t(ldkt) + size_t(lo), ldkt, nk, d, scale, sc.data(), nk);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nk, d, scale, qb, qld, k + size_t(lo) * kld + size_t(g) * d,
                         kld, 0.0f, sc.data(), nk);
+        // P = exp(scores - row max), unnormalised: each output row is divided by
+        // its sum after P·V (d columns instead of nk)
+        float inv_sum[kQueryBlock];
         for (int i = 0; i < tb; ++i) {
             const KeyRange r = visible(qpos0 + t0 + i, S, kpos0, s.window);
             float* row = sc.data() + size_t(i) * nk;
             const int a = r.lo - lo, b = r.hi - lo;
             std::fill(row, row + a, 0.0f);
-            softmax_row(row + a, b - a);
+            inv_sum[i] = exp_row(row + a, b - a);
             std::fill(row + b, row + nk, 0.0f);
         }
-        if (own)
+        if (amx)
+            ops::amx_attention_apply(sc.data(), nk, tb, vb + size_t(g) * kv_size, ldkv, lo, nk, d, o, qld);
+        else if (own)
             ops::attention_apply(sc.data(), nk, tb, v + size_t(lo) * kld + size_t(g) * d, kld, nk, d, o, qld);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, d, nk, 1.0f, sc.data(), nk,
                         v + size_t(lo) * kld + size_t(g) * d, kld, 0.0f, o, qld);
+        for (int i = 0; i < tb; ++i)
+            for (int c = 0; c < d; ++c) o[size_t(i) * qld + size_t(c)] *= inv_sum[i];
     };
     parallel_run(
         [&](int th, int P) {
