@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "common/warn.h"
 #include "io/file_sink.h"
 #include "io/json.h"
@@ -240,11 +242,18 @@ namespace {
 // for only when there is one).
 template <class W>
 size_t count_non_finite(const uint8_t* p, size_t n, W mask) {
+    // counted in W-sized lanes per block of at most 2^15 words (no overflow),
+    // so the compare and the sum stay in vector registers of W
+    constexpr size_t kBlock = size_t(1) << 15;
     size_t bad = 0;
-    for (size_t i = 0; i < n; ++i) {
-        W v;
-        std::memcpy(&v, p + i * sizeof(W), sizeof(W));
-        bad += (v & mask) == mask;
+    for (size_t b = 0; b < n; b += kBlock) {
+        W c = 0;
+        for (size_t i = b, e = std::min(n, b + kBlock); i < e; ++i) {
+            W v;
+            std::memcpy(&v, p + i * sizeof(W), sizeof(W));
+            c = W(c + W((v & mask) == mask));
+        }
+        bad += c;
     }
     return bad;
 }
@@ -266,8 +275,20 @@ void warn_non_finite(const TensorStore& store) {
         for (const TensorView& t : f->tensors()) {
             const size_t n = t.nbytes / dtype_size(t.dtype);
             size_t bad = 0, first = 0;
+            // the engine threads take blocks of 1M words (the scan is most of a
+            // model's load time: it is where the mapped pages are first read)
             auto scan = [&](auto mask) {
-                bad = count_non_finite(t.data, n, mask);
+                constexpr int64_t kChunk = int64_t(1) << 20;
+                std::atomic<size_t> total{0};
+                const auto W = sizeof(mask);
+                parallel_for(
+                    (int64_t(n) + kChunk - 1) / kChunk,
+                    [&](int64_t b, int64_t e) {
+                        const size_t lo = size_t(b * kChunk), hi = std::min(n, size_t(e * kChunk));
+                        total += count_non_finite(t.data + lo * W, hi - lo, mask);
+                    },
+                    int64_t(n) > kChunk);
+                bad = total;
                 if (bad) first = first_non_finite(t.data, n, mask);
             };
             switch (t.dtype) {
