@@ -401,6 +401,9 @@ TEST(GgufDemo, DenseGgufEqualsDenseSafetensors) {
     EXPECT_EQ(gf.get("tokenizer.ggml.tokens").strs.size(), size_t(d.ck.config.vocab_size));
     EXPECT_EQ(gf.get_int("general.file_type"), 32);
     EXPECT_EQ(gf.get_int("llama.feed_forward_length"), d.ck.config.intermediate_size);
+    // Every tensor starts on a cache line (the file is mapped from a page boundary).
+    EXPECT_EQ(gf.get_int("general.alignment"), 64);
+    for (const GgufTensorInfo& t : gf.tensors()) EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % 64, 0u) << t.name;
 }
 
 TEST(GgufDemo, RoutedPlansEqualMixtralInF32) {
@@ -687,7 +690,8 @@ struct DemoGguf {
         std::vector<GgufTensorSpec> specs;
         for (const GgufTensorInfo& t : f.tensors()) specs.push_back({t.name, t.type, t.ne});
         const std::string out = tmp.path + "/" + name;
-        write_gguf(out, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); });
+        write_gguf(out, kv, specs, [&](size_t i, ByteSink& s) { s.write(f.tensors()[i].data, f.tensors()[i].nbytes); },
+                   false, f.alignment());
         return out;
     }
 };
