@@ -131,11 +131,19 @@ void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const 
             for (int i = 0; i < tb; ++i) std::fill(o + size_t(i) * qld, o + size_t(i) * qld + d, 0.0f);
             return;
         }
-        if (sc.size() < size_t(tb) * size_t(nk)) sc.resize(size_t(tb) * size_t(nk));  // [tb, nk]
         const float* qb = q + size_t(t0) * qld + size_t(h) * d;
-        if (amx)
-            ops::amx_attention_scores(qb, qld, tb, kb + size_t(g) * kv_size, ldkv, lo, nk, d, scale, sc.data(), nk);
-        else if (own)
+        if (amx) {
+            int key_lo[kQueryBlock], key_hi[kQueryBlock];
+            for (int i = 0; i < tb; ++i) {
+                const KeyRange r = visible(qpos0 + t0 + i, S, kpos0, s.window);
+                key_lo[i] = r.lo, key_hi[i] = r.hi;
+            }
+            ops::amx_attention_block(qb, qld, tb, kb + size_t(g) * kv_size, vb + size_t(g) * kv_size, ldkv, lo, nk, d, scale,
+                                     key_lo, key_hi, o, qld);
+            return;
+        }
+        if (sc.size() < size_t(tb) * size_t(nk)) sc.resize(size_t(tb) * size_t(nk));  // [tb, nk]
+        if (own)
             ops::attention_scores(qb, qld, tb, kt + size_t(g) * d * size_t(ldkt) + size_t(lo), ldkt, nk, d, scale, sc.data(), nk);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nk, d, scale, qb, qld, k + size_t(lo) * kld + size_t(g) * d,
@@ -151,9 +159,7 @@ void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const 
             inv_sum[i] = exp_row(row + a, b - a);
             std::fill(row + b, row + nk, 0.0f);
         }
-        if (amx)
-            ops::amx_attention_apply(sc.data(), nk, tb, vb + size_t(g) * kv_size, ldkv, lo, nk, d, o, qld);
-        else if (own)
+        if (own)
             ops::attention_apply(sc.data(), nk, tb, v + size_t(lo) * kld + size_t(g) * d, kld, nk, d, o, qld);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, d, nk, 1.0f, sc.data(), nk,

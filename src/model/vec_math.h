@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstddef>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -45,8 +45,10 @@ inline __m256 exp8(__m256 x) {
 }
 #endif
 
-#if defined(__AVX512F__)
-inline __m512 exp16(__m512 x) {
+#if defined(__x86_64__)
+// Defined for any x86-64 build (not only -mavx512f ones): the AMX attention
+// kernel (model/ops/attention_amx.cpp) calls it from its own target.
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
     using namespace exp_poly;
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kLo)), _mm512_set1_ps(kHi));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -3,13 +3,16 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "common/error.h"
 #include "model/ops/amx_tiles.h"
 #include "model/ops/gemm_bf16.h"
 #include "model/ops/kernel_path.h"
 #include "model/scratch.h"
+#include "model/vec_math.h"
 
 // GCC 12 warns inside its own AVX-512 intrinsics (the "undefined" register that
 // casts start from) wherever they are inlined; nothing here reads an
@@ -21,62 +24,76 @@ namespace moefy::ops {
 namespace {
 
 constexpr int kStep = 32;  // rows and columns of one block of four C tiles; BF16 per A tile row
+constexpr int kMaxRows = 128;  // query rows per call
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // The operand terms of one product, hi·hi' + lo·hi' + hi·lo': A term, B term.
 constexpr int kTermA[3] = {0, 1, 0}, kTermB[3] = {0, 0, 1};
 
-// rows [0, tb) of x (f32, row stride ldx, n columns) times `scale`, split into
-// hi and lo BF16 rows of ldo elements: out [2][rows][ldo], columns from `col0`
-// (those before it, past n, and rows tb .. rows zero).
-MOEFY_AMX void split_rows(const float* x, int64_t ldx, int tb, int rows, int n, int col0, float scale, int64_t ldo,
-                          uint16_t* out) {
+// v -> BF16 hi = bf16(v) and lo = bf16(v - hi), 16 lanes each.
+MOEFY_AMX inline void split16(__m512 v, uint16_t* hi, uint16_t* lo) {
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), h);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
+}
+
+// rows [0, tb) of x (f32, row stride ldx, d columns) times `scale`, split into
+// hi and lo BF16 rows: out [2][rows][d], rows tb .. rows zero.
+MOEFY_AMX void split_rows(const float* x, int64_t ldx, int tb, int rows, int d, float scale, uint16_t* out) {
     const __m512 sv = _mm512_set1_ps(scale);
     for (int i = 0; i < rows; ++i) {
-        uint16_t* hi = out + size_t(i) * size_t(ldo);
-        uint16_t* lo = out + (size_t(rows) + size_t(i)) * size_t(ldo);
+        uint16_t* hi = out + size_t(i) * size_t(d);
+        uint16_t* lo = out + (size_t(rows) + size_t(i)) * size_t(d);
         if (i >= tb) {
-            std::memset(hi, 0, size_t(ldo) * 2);
-            std::memset(lo, 0, size_t(ldo) * 2);
+            std::memset(hi, 0, size_t(d) * 2);
+            std::memset(lo, 0, size_t(d) * 2);
             continue;
         }
-        const float* xi = x + size_t(i) * size_t(ldx);
-        for (int j = 0; j < col0; ++j) hi[j] = lo[j] = 0;
-        for (int j = 0; j < n; j += 16) {
-            const int left = n - j;
-            const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-            const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xi + j), sv);
-            const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-            const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-            const __m256i l = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf));
-            _mm256_mask_storeu_epi16(hi + col0 + j, m, h);
-            _mm256_mask_storeu_epi16(lo + col0 + j, m, l);
+        for (int j = 0; j < d; j += 16)
+            split16(_mm512_mul_ps(_mm512_loadu_ps(x + size_t(i) * size_t(ldx) + size_t(j)), sv), hi + j, lo + j);
+    }
+}
+
+// Lanes j0 .. j0+15 that fall in [a, b).
+inline __mmask16 lanes_in(int j0, int a, int b) {
+    const int from = std::clamp(a - j0, 0, 16), to = std::clamp(b - j0, 0, 16);
+    return __mmask16(((1u << to) - 1) & ~((1u << from) - 1));
+}
+
+// Row s[0, n) (n a multiple of 16) -> e = exp(s - max) on [a, b), 0 elsewhere,
+// split into BF16 rows hi, lo; returns 1 / Σ e (0 when a >= b).
+MOEFY_AMX float exp_split_row(const float* s, int n, int a, int b, uint16_t* hi, uint16_t* lo) {
+    if (a >= b) {
+        std::memset(hi, 0, size_t(n) * 2);
+        std::memset(lo, 0, size_t(n) * 2);
+        return 0.0f;
+    }
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int j = a & ~15; j < b; j += 16) mx = _mm512_mask_max_ps(mx, lanes_in(j, a, b), mx, _mm512_loadu_ps(s + j));
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 in = lanes_in(j, a, b);
+        if (!in) {
+            std::memset(hi + j, 0, 32);
+            std::memset(lo + j, 0, 32);
+            continue;
         }
-        std::memset(hi + col0 + n, 0, size_t(ldo - col0 - n) * 2);
-        std::memset(lo + col0 + n, 0, size_t(ldo - col0 - n) * 2);
+        const __m512 e = _mm512_maskz_mov_ps(in, vmath::exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), m)));
+        sum = _mm512_add_ps(sum, e);
+        split16(e, hi + j, lo + j);
     }
+    return 1.0f / _mm512_reduce_add_ps(sum);
 }
 
-// c[4][16 x 16] (row group r, column group g at [2r + g]) -> out rows [0, rows)
-// x columns [0, cols) (row stride ldo).
-MOEFY_AMX void store_block(const float (*c)[256], int rows, int cols, float* out, int64_t ldo) {
-    for (int g = 0; g < 2; ++g) {
-        const int nc = std::min(16, cols - 16 * g);
-        if (nc <= 0) break;
-        const __mmask16 mask = nc == 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1);
-        for (int i = 0; i < rows; ++i)
-            _mm512_mask_storeu_ps(out + size_t(i) * size_t(ldo) + 16 * g, mask,
-                                  _mm512_loadu_ps(c[2 * (i / 16) + g] + 16 * (i % 16)));
-    }
-}
-
-// C tiles 0-3 = Σ over the three terms and `steps` steps of 32 along the
-// product's inner dimension: A [2 terms][32 rows, row stride lda], advancing
-// 32 elements a step; B [2 terms] of 16-pair rows (row stride ldb pairs),
-// advancing 16 rows a step; its two column groups 16 pairs apart.
+// c [32 x 32] (row stride ldc) = Σ over the three terms and `steps` steps of
+// 32 along the product's inner dimension: A [2 terms][32 rows, row stride
+// lda], advancing 32 elements a step; B [2 terms] of 16-pair rows (row stride
+// ldb pairs), advancing 16 rows a step; its two column groups 16 pairs apart.
 MOEFY_AMX void tile_block(const uint16_t* const* A, int64_t lda, const uint32_t* const* B, int64_t ldb, int steps,
-                          float (*c)[256]) {
+                          float* c, int64_t ldc) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -95,10 +112,10 @@ MOEFY_AMX void tile_block(const uint16_t* const* A, int64_t lda, const uint32_t*
             _tile_dpbf16ps(3, 5, 7);
         }
     }
-    _tile_stored(0, c[0], 64);
-    _tile_stored(1, c[1], 64);
-    _tile_stored(2, c[2], 64);
-    _tile_stored(3, c[3], 64);
+    _tile_stored(0, c, ldc * 4);
+    _tile_stored(1, c + 16, ldc * 4);
+    _tile_stored(2, c + 16 * size_t(ldc), ldc * 4);
+    _tile_stored(3, c + 16 * size_t(ldc) + 16, ldc * 4);
 }
 
 }  // namespace
@@ -145,45 +162,51 @@ void amx_prepare_kv(const float* k, const float* v, int64_t ld_in, int S, int d,
     }
 }
 
-MOEFY_AMX void amx_attention_scores(const float* q, int64_t ldq, int tb, const uint32_t* kb, int64_t ld, int lo, int nk,
-                                    int d, float scale, float* s, int64_t lds) {
-    thread_local std::vector<uint16_t> qs_buf;
+MOEFY_AMX void amx_attention_block(const float* q, int64_t ldq, int tb, const uint32_t* kb, const uint32_t* vb,
+                                   int64_t ld, int lo, int nk, int d, float scale, const int* key_lo, const int* key_hi,
+                                   float* o, int64_t ldo) {
+    if (tb > kMaxRows) fail("amx_attention_block: {} query rows, at most {}", tb, kMaxRows);
+    thread_local std::vector<uint16_t> qs_buf, ps_buf;
+    thread_local std::vector<float> s_buf;
+    // keys [k0, k0 + np): from an even key (value pairs), whole steps
+    const int k0 = lo & ~1;
+    const int np = int(round_up(lo + nk - k0, kStep));
     const int rows = int(round_up(tb, kStep));
     uint16_t* qs = grow_aligned(qs_buf, size_t(2) * size_t(rows) * size_t(d));  // [2][rows][d]
-    split_rows(q, ldq, tb, rows, d, 0, scale, d, qs);
-    const size_t term = size_t(d / 2) * size_t(ld);
-    amx_configure();
-    alignas(64) float c[4][256];
-    // keys outer: a block of keys (8 KB) stays in L1 for all the query rows
-    for (int n0 = 0; n0 < nk; n0 += kStep)
-        for (int m0 = 0; m0 < tb; m0 += kStep) {
-            const uint16_t* A[2] = {qs + size_t(m0) * size_t(d), qs + (size_t(rows) + size_t(m0)) * size_t(d)};
-            const uint32_t* B[2] = {kb + size_t(lo + n0), kb + term + size_t(lo + n0)};
-            tile_block(A, d, B, ld, d / kStep, c);
-            store_block(c, std::min(kStep, tb - m0), std::min(kStep, nk - n0), s + size_t(m0) * size_t(lds) + size_t(n0), lds);
-        }
-    amx_release();
-}
-
-MOEFY_AMX void amx_attention_apply(const float* p, int64_t ldp, int tb, const uint32_t* vb, int64_t ld, int lo, int nk,
-                                   int d, float* o, int64_t ldo) {
-    thread_local std::vector<uint16_t> ps_buf;
-    const int shift = lo & 1, lo0 = lo - shift;  // value pairs start at an even key
-    const int rows = int(round_up(tb, kStep));
-    const int64_t np = round_up(nk + shift, kStep);
     uint16_t* ps = grow_aligned(ps_buf, size_t(2) * size_t(rows) * size_t(np));  // [2][rows][np]
-    split_rows(p, ldp, tb, rows, nk, shift, 1.0f, np, ps);
-    const size_t term = size_t(ld / 2) * size_t(d);
+    float* s = grow_aligned(s_buf, size_t(rows) * size_t(np));                   // [rows][np] scores
+    split_rows(q, ldq, tb, rows, d, scale, qs);
+    const size_t kterm = size_t(d / 2) * size_t(ld), vterm = size_t(ld / 2) * size_t(d);
     amx_configure();
-    alignas(64) float c[4][256];
-    for (int m0 = 0; m0 < tb; m0 += kStep)
+    // keys outer: a block of keys (8 KB) stays in L1 for all the query rows
+    for (int n0 = 0; n0 < np; n0 += kStep)
+        for (int m0 = 0; m0 < rows; m0 += kStep) {
+            const uint16_t* A[2] = {qs + size_t(m0) * size_t(d), qs + (size_t(rows) + size_t(m0)) * size_t(d)};
+            const uint32_t* B[2] = {kb + size_t(k0 + n0), kb + kterm + size_t(k0 + n0)};
+            tile_block(A, d, B, ld, d / kStep, s + size_t(m0) * size_t(np) + size_t(n0), np);
+        }
+    float inv_sum[kMaxRows];
+    for (int i = 0; i < rows; ++i) {
+        uint16_t* hi = ps + size_t(i) * size_t(np);
+        uint16_t* lw = ps + (size_t(rows) + size_t(i)) * size_t(np);
+        const float r = exp_split_row(s + size_t(i) * size_t(np), np, i < tb ? key_lo[i] - k0 : 0, i < tb ? key_hi[i] - k0 : 0, hi, lw);
+        if (i < tb) inv_sum[i] = r;
+    }
+    alignas(64) float c[kStep * kStep];
+    for (int m0 = 0; m0 < rows; m0 += kStep) {
+        const int mr = std::min(kStep, tb - m0);
         for (int c0 = 0; c0 < d; c0 += kStep) {
             const uint16_t* A[2] = {ps + size_t(m0) * size_t(np), ps + (size_t(rows) + size_t(m0)) * size_t(np)};
-            const uint32_t* B[2] = {vb + size_t(lo0 / 2) * size_t(d) + size_t(c0),
-                                    vb + term + size_t(lo0 / 2) * size_t(d) + size_t(c0)};
-            tile_block(A, np, B, d, int(np / kStep), c);
-            store_block(c, std::min(kStep, tb - m0), kStep, o + size_t(m0) * size_t(ldo) + size_t(c0), ldo);
+            const uint32_t* B[2] = {vb + size_t(k0 / 2) * size_t(d) + size_t(c0), vb + vterm + size_t(k0 / 2) * size_t(d) + size_t(c0)};
+            tile_block(A, np, B, d, np / kStep, c, kStep);
+            for (int i = 0; i < mr; ++i) {
+                const __m512 iv = _mm512_set1_ps(inv_sum[m0 + i]);
+                float* out = o + size_t(m0 + i) * size_t(ldo) + size_t(c0);
+                _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_load_ps(c + i * kStep), iv));
+                _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_load_ps(c + i * kStep + 16), iv));
+            }
         }
+    }
     amx_release();
 }
 

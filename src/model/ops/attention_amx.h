@@ -28,14 +28,13 @@ int64_t amx_kv_stride(int S);
 size_t amx_kv_size(int S, int d);
 void amx_prepare_kv(const float* k, const float* v, int64_t ld_in, int S, int d, uint32_t* kb, uint32_t* vb);
 
-// s[i, j] = Σ_c (scale · q[i, c]) · k[lo + j, c] for i < tb, j < nk (row
-// strides ldq, lds); kb from amx_prepare_kv for the head's kv head.
-void amx_attention_scores(const float* q, int64_t ldq, int tb, const uint32_t* kb, int64_t ld, int lo, int nk, int d,
-                          float scale, float* s, int64_t lds);
-
-// o[i, :] = Σ_j p[i, j] · v[lo + j, :] for i < tb, j < nk, d columns (row
-// strides ldp, ldo); vb from amx_prepare_kv.
-void amx_attention_apply(const float* p, int64_t ldp, int tb, const uint32_t* vb, int64_t ld, int lo, int nk, int d,
-                         float* o, int64_t ldo);
+// One (query block, head) pair: o[i, :] = softmax_j(scale · q[i]·k[j]) v[j]
+// over the keys j in [key_lo[i], key_hi[i]) (indices into the S keys, within
+// [lo, lo + nk)), i < tb <= 128; a row with no key gets zeros. q, o: row strides ldq,
+// ldo, d columns; kb, vb from amx_prepare_kv for the head's kv head. The
+// scores stay in this thread's scratch; the probabilities are split into their
+// BF16 terms as they are exponentiated and normalised after P·V (d columns).
+void amx_attention_block(const float* q, int64_t ldq, int tb, const uint32_t* kb, const uint32_t* vb, int64_t ld, int lo,
+                         int nk, int d, float scale, const int* key_lo, const int* key_hi, float* o, int64_t ldo);
 
 }  // namespace moefy::ops
