@@ -88,7 +88,8 @@ void attention_direct(const AttnShape& s, const float* q, int T, int qpos0, cons
 // single-threaded on strided views of q, k, v: the AMX tiles of
 // model/ops/attention_amx.h (keys and values split into their B layouts once
 // per call) or the AVX-512 tiles of model/ops/attention_f32.h (keys transposed
-// once per call) where they serve, else sgemm. The threads take the pairs in turn, heaviest blocks (most keys) first.
+// once per call) where they serve, else sgemm. The threads take the pairs in
+// turn, heaviest blocks (most keys) first.
 void attention_gemm(const AttnShape& s, const float* q, int T, int qpos0, const float* k, const float* v, int S,
                     int kpos0, float* out) {
     const int d = s.head_dim, qld = s.heads * d, kld = s.kv_heads * d, group = s.heads / s.kv_heads;

@@ -25,7 +25,7 @@ T* grow_zeroed(std::vector<T>& v, size_t n) {
 
 // grow, for n elements from a 64-byte boundary: AMX tile rows that start on a
 // cache line load one line each, not two (a heap block starts 16 bytes into
-// one); measured 1.3-1.8 x on the attention tiles.
+// one); measured 1.26 x (scores) and 1.76 x (P·V) on the attention tiles.
 template <typename T>
 T* grow_aligned(std::vector<T>& v, size_t n) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(grow(v, n + 64 / sizeof(T)));
